@@ -1,0 +1,69 @@
+"""Causal multi-head self-attention, from the fused projection `qkv` to the merged heads.
+
+Forward   q, k, v = split(qkv) into H heads                 qkv: (B, T, 3C); q, k, v: (B, H, T, D)
+          s = q @ k^T / sqrt(D), with s[i, j] = -inf where key j comes after query i   (B, H, T, T)
+          p = softmax(s) along j,  p' = dropout(p)
+          y = p' @ v, heads merged back                     (B, H, T, D) -> (B, T, C), C = H * D
+Backward  dp' = dy @ v^T,  dv = p'^T @ dy,  dp = dropout backward of dp'
+          softmax: dp_ij/ds_ik = p_ij (delta_jk - p_ik), so ds = p * (dp - sum_j(dp * p))
+          s = q k^T / sqrt(D): dq = ds @ k / sqrt(D),  dk = ds^T @ q / sqrt(D)
+          masked entries have p = 0, so they pass no gradient.
+With a KV cache (`past_kv`), the T new queries attend to the cached keys as well: key j is
+visible to query i when j <= i + T_past, so one formula serves training and generation.
+Backward is defined for the training case (no cache).
+"""
+
+import numpy as np
+
+from npgpt import dropout
+
+
+def split_heads(x, n_heads):
+    B, T, C = x.shape
+    return x.reshape(B, T, n_heads, C // n_heads).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x):
+    B, H, T, D = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+
+
+def causal_mask(t_query, t_key):
+    """True where query i may not see key j: j > i + (t_key - t_query)."""
+    return np.triu(np.ones((t_query, t_key), dtype=bool), k=t_key - t_query + 1)
+
+
+def softmax(s):
+    e = np.exp(s - s.max(axis=-1, keepdims=True))  # shifting by the max never overflows
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
+
+
+def forward(qkv, n_heads, drop_rate=0.0, drop_keep=None, past_kv=None):
+    q, k, v = (split_heads(part, n_heads) for part in np.split(qkv, 3, axis=-1))
+    if past_kv is not None:
+        k = np.concatenate([past_kv[0], k], axis=2)
+        v = np.concatenate([past_kv[1], v], axis=2)
+    scale = np.asarray(1.0 / np.sqrt(q.shape[-1]), dtype=qkv.dtype)
+    s = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, H, T, T_key)
+    s[..., causal_mask(q.shape[2], k.shape[2])] = -np.inf
+    p = softmax(s)
+    p_drop, drop_cache = dropout.forward(p, drop_rate, drop_keep)
+    y = merge_heads(p_drop @ v)
+    return y, dict(q=q, k=k, v=v, scale=scale, p=p, p_drop=p_drop, drop_cache=drop_cache)
+
+
+def backward(dy, cache):
+    q, k, v, scale, p, p_drop = (cache[n] for n in ("q", "k", "v", "scale", "p", "p_drop"))
+    if k.shape[2] != q.shape[2]:
+        raise ValueError("attention backward is defined for training, not with a KV cache")
+    dy = split_heads(dy, q.shape[1])  # (B, H, T, D)
+    dp_drop = dy @ v.transpose(0, 1, 3, 2)  # (B, H, T, T)
+    dv = p_drop.transpose(0, 1, 3, 2) @ dy
+    dp = dropout.backward(dp_drop, cache["drop_cache"])
+    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+    ds *= scale
+    dq = ds @ k
+    dk = ds.transpose(0, 1, 3, 2) @ q
+    dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)
+    return dqkv, dp

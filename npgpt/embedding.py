@@ -1,0 +1,38 @@
+"""Token + position embedding: look up one row per token and one row per position, add them.
+
+Forward   x[b, t] = wte[idx[b, t]] + wpe[t0 + t]          idx: (B, T) ints, x: (B, T, C)
+                                                          wte: (V, C), wpe: (T_max, C)
+Backward  x is a sum of two gathered rows, so each row's gradient is the sum of dx over every
+          place it was gathered from (a scatter-add, the transpose of a gather):
+          dwte[v]      = sum of dx[b, t] over all (b, t) with idx[b, t] = v
+          dwpe[t0 + t] = sum over b of dx[b, t]
+`t0` is the position of the first token: 0 in training, the cached length when generating.
+
+>>> import numpy as np
+>>> wte, wpe = np.eye(3), 10 * np.eye(3)
+>>> x, cache = forward(np.array([[2, 2]]), wte, wpe)
+>>> x
+array([[[10.,  0.,  1.],
+        [ 0., 10.,  1.]]])
+>>> dwte, dwpe = backward(np.ones_like(x), cache)
+>>> dwte[2]                                 # token 2 was used twice
+array([2., 2., 2.])
+"""
+
+import numpy as np
+
+
+def forward(idx, wte, wpe, t0=0):
+    T = idx.shape[1]
+    x = wte[idx] + wpe[t0 : t0 + T]
+    return x, (idx, wte.shape, wpe.shape, t0)
+
+
+def backward(dx, cache):
+    idx, wte_shape, wpe_shape, t0 = cache
+    C = dx.shape[-1]
+    dwte = np.zeros(wte_shape, dtype=dx.dtype)
+    np.add.at(dwte, idx.reshape(-1), dx.reshape(-1, C))
+    dwpe = np.zeros(wpe_shape, dtype=dx.dtype)
+    dwpe[t0 : t0 + idx.shape[1]] = dx.sum(axis=0)
+    return dwte, dwpe

@@ -1,0 +1,34 @@
+"""Linear layer in GPT-2's Conv1D layout: the weight is stored (in, out), so y = x @ w + b.
+
+Forward   y = x @ w + b        x: (..., C_in), w: (C_in, C_out), b: (C_out,), y: (..., C_out)
+Backward  y_j = sum_i x_i w_ij + b_j, so dy_j/dx_i = w_ij, dy_j/dw_ij = x_i, dy_j/db_j = 1:
+          dx = dy @ w.T                  (..., C_in)
+          dw = x.T @ dy                  summed over every leading (batch, time) position
+          db = sum of dy over leading positions
+OpenAI's checkpoints store w as (C_in, C_out); `torch.nn.Linear` stores its transpose.
+
+>>> import numpy as np
+>>> y, cache = forward(np.ones((2, 3)), np.ones((3, 4)), np.zeros(4))
+>>> y.shape
+(2, 4)
+>>> dx, dw, db = backward(np.ones((2, 4)), cache)
+>>> dx.shape, dw.shape, db.shape
+((2, 3), (3, 4), (4,))
+"""
+
+
+def forward(x, w, b=None):
+    y = x @ w
+    if b is not None:
+        y += b
+    return y, (x, w, b is not None)
+
+
+def backward(dy, cache):
+    x, w, has_bias = cache
+    dy_2d = dy.reshape(-1, dy.shape[-1])  # (N, C_out), N = every leading position
+    x_2d = x.reshape(-1, x.shape[-1])  # (N, C_in)
+    dx = dy @ w.T
+    dw = x_2d.T @ dy_2d
+    db = dy_2d.sum(axis=0) if has_bias else None
+    return dx, dw, db

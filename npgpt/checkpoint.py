@@ -121,6 +121,19 @@ def read_safetensors(path):
         raise CheckpointError(
             f"{path}: not a readable safetensors file ({err}); it may be truncated or corrupt"
         ) from None
+    except TypeError as err:  # numpy has no bfloat16, for one
+        raise CheckpointError(
+            f"{path}: holds a tensor whose dtype NumPy cannot represent ({err}); "
+            f"re-save the weights as float32 or float16"
+        ) from None
+
+
+def check_floating(params, source):
+    not_float = [f"{n}: {v.dtype}" for n, v in params.items() if v.dtype.kind != "f"]
+    if not_float:
+        raise CheckpointError(
+            f"{source}: weights must be floating point, found {'; '.join(not_float[:20])}"
+        )
 
 
 def load(path, dtype=np.float32):
@@ -143,4 +156,5 @@ def load(path, dtype=np.float32):
         raise CheckpointError(str(err)) from None
     params = hf_tensors_to_params(read_safetensors(weights), source=str(weights))
     check_params(params, config, source=str(weights))
+    check_floating(params, source=str(weights))
     return config, {name: params[name].astype(dtype, copy=False) for name in param_shapes(config)}

@@ -128,7 +128,9 @@ class GPTConfig:
             raise ConfigError(f"Hugging Face config is missing the key {missing}") from None
 
     def save_json(self, path):
-        Path(path).write_text(json.dumps(self.to_hf(), indent=2) + "\n")
+        from npgpt.checkpoint import atomic_write_text  # checkpoint imports this module
+
+        atomic_write_text(path, json.dumps(self.to_hf(), indent=2) + "\n")
 
     @classmethod
     def load_json(cls, path):

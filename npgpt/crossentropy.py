@@ -19,6 +19,11 @@ IGNORE_INDEX = -100
 
 
 def forward(logits, targets):
+    if targets.shape != logits.shape[:-1] or not np.issubdtype(targets.dtype, np.integer):
+        raise ValueError(
+            f"targets must be integers of shape logits.shape[:-1] = {logits.shape[:-1]}, "
+            f"got {targets.dtype} {targets.shape}"
+        )
     V = logits.shape[-1]
     z = logits.reshape(-1, V)  # (N_all, V)
     y = targets.reshape(-1)

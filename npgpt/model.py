@@ -96,6 +96,10 @@ def forward(
     holds each layer's cached (k, v); the new ones are in cache["present_kv"]."""
     past_len = 0 if past_kv is None else past_kv[0][0].shape[2]
     idx = check_tokens(idx, config, past_len)
+    if targets is not None:
+        targets = np.asarray(targets)
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets have shape {targets.shape}, but idx has {idx.shape}")
     B, T = idx.shape
     p_drop = config.drop_rate
     masks = {}
@@ -124,7 +128,7 @@ def forward(
 
     loss = ce_cache = None
     if targets is not None:
-        loss, ce_cache = crossentropy.forward(acts["logits"], np.asarray(targets))
+        loss, ce_cache = crossentropy.forward(acts["logits"], targets)
     cache = dict(
         config=config,
         emb=emb_cache,

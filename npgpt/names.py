@@ -9,6 +9,8 @@ suite use these same names, so two implementations can be compared tensor by ten
 >>> cfg = GPTConfig.preset("tiny")
 >>> param_shapes(cfg)["h.0.attn.c_attn.weight"]
 (64, 192)
+>>> num_params(GPTConfig.preset("gpt2"))
+124439808
 >>> activation_names(cfg)[:3]
 ['emb', 'h.0.ln_1', 'h.0.attn.qkv']
 """
@@ -38,6 +40,17 @@ def param_shapes(config):
             del shapes[h + "attn.c_attn.bias"]
     shapes |= {"ln_f.weight": (C,), "ln_f.bias": (C,)}
     return shapes
+
+
+def num_params(config):
+    """How many numbers the model learns; the head is tied to wte, so it adds none."""
+    total = 0
+    for shape in param_shapes(config).values():
+        size = 1
+        for n in shape:
+            size *= n
+        total += size
+    return total
 
 
 BLOCK_ACTIVATIONS = (

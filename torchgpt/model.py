@@ -1,0 +1,282 @@
+"""GPT-2 in PyTorch, the twin of `npgpt.model`: same names, same layout, same numbers.
+
+Every parameter is registered under npgpt's canonical name (`npgpt.names.param_shapes`), so
+`model.state_dict()` has exactly the keys `wte.weight`, `wpe.weight`, `h.0.ln_1.weight`,
+`h.0.attn.c_attn.weight`, ... `ln_f.bias`, and every weight is kept in npgpt's (and OpenAI's)
+Conv1D layout, (in, out): `Conv1D` computes `x @ w + b` (one `torch.addmm`), so no tensor is
+ever transposed on the way in or out and npgpt -> torchgpt -> npgpt is bit-exact. The LM head
+is tied to `wte`: logits = ln_f(x) @ wte^T.
+
+Attention comes in two implementations that compute the same function:
+  attn="math"  the explicit formula: scores, causal mask, softmax, dropout, @ v. It exposes the
+               probabilities (`h.{i}.attn.probs`) and accepts an external attention-dropout mask.
+  attn="sdpa"  `F.scaled_dot_product_attention(is_causal=True)`: flash / memory-efficient
+               kernels on a GPU. It never materialises the (T, T) probabilities, so it neither
+               captures `attn.probs` nor takes an `h.{i}.attn.drop` mask.
+
+forward(idx, targets=None, *, dropout_masks=None, capture=None, past_kv=None, present_kv=None)
+returns (logits, loss):
+  dropout_masks  {mask name: bool tensor} (`npgpt.names.dropout_mask_shapes`). In train mode with
+                 drop_rate > 0 a given mask replaces random dropout: y = x * keep / (1 - p),
+                 exactly `npgpt.dropout`; masks not given are drawn by torch.
+  capture        a dict that forward fills with every activation under `npgpt.names`'s names,
+                 each `.retain_grad()`-ed when autograd is recording, so that after
+                 `loss.backward()` `capture[name].grad` equals npgpt's
+                 `cache["activation_grads"][name]`.
+  past_kv        generation's KV cache: one (k, v) per layer, each (B, H, T_past, D), as npgpt's
+                 `cache["present_kv"]`. The new tokens sit at positions T_past, T_past + 1, ...
+  present_kv     a list that forward fills with each layer's (k, v) over all T_past + T tokens:
+                 feed it back as the next call's `past_kv`. `model.decode(idx, past_kv)` wraps
+                 both for generation and returns (logits, present_kv).
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import npgpt
+from npgpt.checkpoint import check_params
+from npgpt.crossentropy import IGNORE_INDEX
+from npgpt.names import dropout_mask_shapes, param_shapes
+from torchgpt.device import resolve_device, resolve_dtype
+
+ATTN_CHOICES = ("math", "sdpa")
+
+
+class Conv1D(nn.Module):
+    """y = x @ w + b with w stored (in, out), as in OpenAI's checkpoints and `npgpt.linear`."""
+
+    def __init__(self, n_in, n_out, bias=True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
+
+    def forward(self, x):
+        x2d = x.reshape(-1, x.shape[-1])
+        y = x2d @ self.weight if self.bias is None else torch.addmm(self.bias, x2d, self.weight)
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def dropout(x, p, training, keep=None):
+    """npgpt.dropout when a keep mask is given (x * keep * 1/(1-p)), else torch's own."""
+    if not training or p == 0.0:
+        return x
+    if keep is None:
+        return F.dropout(x, p, training=True)
+    if tuple(keep.shape) != tuple(x.shape):
+        raise ValueError(
+            f"dropout mask has shape {tuple(keep.shape)}, but its input has {tuple(x.shape)}"
+        )
+    return x * keep.to(device=x.device, dtype=torch.bool) * (1.0 / (1.0 - p))
+
+
+def record(capture, name, tensor):
+    if capture is not None:
+        if tensor.requires_grad:
+            tensor.retain_grad()
+        capture[name] = tensor
+
+
+def causal_allowed(t_query, t_key, device):
+    """True where query i may see key j: j <= i + (t_key - t_query) (the KV-cache offset)."""
+    return torch.ones(t_query, t_key, dtype=torch.bool, device=device).tril(t_key - t_query)
+
+
+class Attention(nn.Module):
+    def __init__(self, config, attn):
+        super().__init__()
+        self.n_heads, self.p, self.attn = config.n_heads, config.drop_rate, attn
+        self.c_attn = Conv1D(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)
+        self.c_proj = Conv1D(config.emb_dim, config.emb_dim)
+
+    def forward(self, x, keep, capture, prefix, past_kv):
+        B, T, C = x.shape
+        qkv = self.c_attn(x)
+        record(capture, prefix + "qkv", qkv)
+        q, k, v = (
+            part.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)
+            for part in qkv.split(C, dim=2)
+        )  # each (B, H, T, D)
+        if past_kv is not None:
+            k = torch.cat([past_kv[0].to(k.dtype), k], dim=2)
+            v = torch.cat([past_kv[1].to(v.dtype), v], dim=2)
+        T_key = k.shape[2]
+        drop_keep = keep.get("attn.drop")
+        if self.attn == "math":
+            scale = 1.0 / math.sqrt(q.shape[-1])
+            s = (q @ k.transpose(-2, -1)) * scale
+            s = s.masked_fill(~causal_allowed(T, T_key, x.device), float("-inf"))
+            p = torch.softmax(s, dim=-1)
+            record(capture, prefix + "probs", p)
+            y = dropout(p, self.p, self.training, drop_keep) @ v
+        else:
+            if drop_keep is not None and self.training and self.p > 0:
+                raise ValueError(
+                    f"{prefix}drop: attn='sdpa' cannot take an external attention-dropout mask; "
+                    f"use attn='math'"
+                )
+            mask = None if T == T_key else causal_allowed(T, T_key, x.device)
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=self.p if self.training else 0.0,
+                is_causal=mask is None,
+            )
+        ctx = y.transpose(1, 2).reshape(B, T, C)
+        record(capture, prefix + "ctx", ctx)
+        out = self.c_proj(ctx)
+        record(capture, prefix + "c_proj", out)
+        return out, (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = Conv1D(config.emb_dim, 4 * config.emb_dim)
+        self.c_proj = Conv1D(4 * config.emb_dim, config.emb_dim)
+
+    def forward(self, x, capture, prefix):
+        h = self.c_fc(x)
+        record(capture, prefix + "c_fc", h)
+        h = F.gelu(h, approximate="tanh")
+        record(capture, prefix + "gelu", h)
+        out = self.c_proj(h)
+        record(capture, prefix + "c_proj", out)
+        return out
+
+
+class Block(nn.Module):
+    """Pre-LN: r = x + drop(attn(ln_1(x))), out = r + drop(mlp(ln_2(r))), as `npgpt.block`."""
+
+    def __init__(self, config, attn):
+        super().__init__()
+        self.p = config.drop_rate
+        self.ln_1 = nn.LayerNorm(config.emb_dim, eps=config.ln_eps)
+        self.attn = Attention(config, attn)
+        self.ln_2 = nn.LayerNorm(config.emb_dim, eps=config.ln_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, keep, capture, prefix, past_kv):
+        h = self.ln_1(x)
+        record(capture, prefix + "ln_1", h)
+        a, present = self.attn(h, keep, capture, prefix + "attn.", past_kv)
+        r = x + dropout(a, self.p, self.training, keep.get("attn.resid_drop"))
+        record(capture, prefix + "res_1", r)
+        h = self.ln_2(r)
+        record(capture, prefix + "ln_2", h)
+        m = self.mlp(h, capture, prefix + "mlp.")
+        out = r + dropout(m, self.p, self.training, keep.get("mlp.resid_drop"))
+        record(capture, prefix + "out", out)
+        return out, present
+
+
+class GPT(nn.Module):
+    def __init__(self, config, attn="sdpa", seed=0):
+        """Parameters start as `npgpt.init_params(config, seed)` (one initialisation for both
+        backends, so a torch run and a numpy run with the same seed start from the same model)."""
+        super().__init__()
+        if attn not in ATTN_CHOICES:
+            raise ValueError(f"attn must be one of {ATTN_CHOICES}, got {attn!r}")
+        self.config, self.attn = config, attn
+        self.wte = nn.Embedding(config.vocab_size, config.emb_dim)
+        self.wpe = nn.Embedding(config.context_length, config.emb_dim)
+        self.h = nn.ModuleList(Block(config, attn) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(config.emb_dim, eps=config.ln_eps)
+        if seed is not None:
+            self.load_params(npgpt.init_params(config, seed=seed, dtype=np.float32))
+
+    @classmethod
+    def from_params(cls, config, params, attn="sdpa", device="cpu", dtype=None):
+        """A model holding `params` ({npgpt name: numpy array}, as `npgpt.load` returns); dtype
+        defaults to the arrays' own (float32 or float64)."""
+        model = cls(config, attn=attn, seed=None)
+        model.load_params(params)
+        if dtype is not None:
+            model.to(dtype=resolve_dtype(dtype))
+        return model.to(device=resolve_device(device))
+
+    def load_params(self, params):
+        check_params(params, self.config, source="params")
+        state = {
+            name: torch.from_numpy(np.array(params[name])) for name in param_shapes(self.config)
+        }
+        # assign=True takes the arrays' dtype as it is: float64 in, float64 parameters.
+        self.load_state_dict(state, strict=True, assign=True)
+
+    def to_params(self):
+        """{npgpt name: numpy array} on the CPU; bfloat16 / float16 come back as float32, the
+        narrowest dtype a numpy checkpoint holds."""
+        params = {}
+        for name, tensor in self.state_dict().items():
+            tensor = tensor.detach().cpu()
+            if tensor.dtype in (torch.bfloat16, torch.float16):
+                tensor = tensor.float()
+            params[name] = tensor.numpy().copy()
+        return params
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self, idx, targets=None, *, dropout_masks=None, capture=None, past_kv=None, present_kv=None
+    ):
+        cfg = self.config
+        B, T = idx.shape
+        past_len = 0 if past_kv is None else past_kv[0][0].shape[2]
+        if past_len + T > cfg.context_length:
+            raise ValueError(
+                f"sequence of {past_len + T} tokens is longer than the model's context_length "
+                f"{cfg.context_length}"
+            )
+        masks = dict(dropout_masks or {})
+        unknown = sorted(set(masks) - set(dropout_mask_shapes(cfg, B, T)))
+        if unknown:
+            raise ValueError(f"unknown dropout mask names {unknown}; see npgpt.names")
+        pos = torch.arange(past_len, past_len + T, device=idx.device)
+        x = dropout(
+            self.wte(idx) + self.wpe(pos), cfg.drop_rate, self.training, masks.get("emb.drop")
+        )
+        record(capture, "emb", x)
+        for i, block in enumerate(self.h):
+            prefix = f"h.{i}."
+            keep = {n[len(prefix) :]: m for n, m in masks.items() if n.startswith(prefix)}
+            x, present = block(x, keep, capture, prefix, None if past_kv is None else past_kv[i])
+            if present_kv is not None:
+                present_kv.append(present)
+        x = self.ln_f(x)
+        record(capture, "ln_f", x)
+        logits = F.linear(x, self.wte.weight)  # tied head: x @ wte^T
+        record(capture, "logits", logits)
+        loss = None
+        if targets is not None:
+            flat = logits.reshape(-1, logits.shape[-1])
+            if flat.dtype in (torch.bfloat16, torch.float16):
+                flat = flat.float()  # the loss's log-sum-exp wants float32's range and precision
+            loss = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    @torch.no_grad()
+    def decode(self, idx, past_kv=None):
+        """One generation step: logits for the new tokens `idx` (B, T) after the cached ones,
+        and the cache extended by them."""
+        present = []
+        logits, _ = self(idx, past_kv=past_kv, present_kv=present)
+        return logits, present
+
+
+def load(path, attn="sdpa", device="cpu", dtype=torch.float32):
+    """A `GPT` from an npgpt checkpoint directory (read by `npgpt.load`, nothing redefined)."""
+    dtype = resolve_dtype(dtype)
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    config, params = npgpt.load(path, dtype=np_dtype)
+    return GPT.from_params(config, params, attn=attn, device=device, dtype=dtype)
+
+
+def save(directory, model):
+    """Write `model` as an npgpt checkpoint (`npgpt.save`: model.safetensors + config.json)."""
+    npgpt.save(directory, model.config, model.to_params())

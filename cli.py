@@ -1,0 +1,150 @@
+"""npgpt's command line: train, generate, evaluate, fetch and convert GPT-2 weights, serve a page.
+
+    python cli.py generate --checkpoint DIR --prompt "Hello" --backend numpy|torch
+
+stdout carries only what a command produces (for `generate`: the prompt and the generated text);
+progress and timings go to stderr. A user error prints one line and exits with status 1.
+"""
+
+import sys
+import time
+
+import click
+
+BACKENDS = ("numpy", "torch")
+
+
+def fail(message):
+    """A user error: one clear line on stderr, no traceback, exit status 1."""
+    raise click.ClickException(message)
+
+
+def require_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        fail('--backend torch needs PyTorch: pip install -e ".[torch]"')
+
+
+@click.group()
+def main():
+    """GPT-2 in NumPy with hand-written backward passes, and its PyTorch twin."""
+
+
+# ---- generate ------------------------------------------------------------------------------
+
+
+def load_generator(checkpoint, backend, device="auto", dtype="float32"):
+    """(config, a function prompt_ids, settings, use_kv_cache -> iterator of ids, description)."""
+    import numpy as np
+
+    from npgpt.checkpoint import CheckpointError
+    from npgpt.config import ConfigError
+    from npgpt.formats import load
+
+    np_dtype = np.float64 if dtype == "float64" else np.float32
+    try:
+        config, params = load(checkpoint, dtype=np_dtype)
+    except FileNotFoundError as err:
+        fail(f"no checkpoint at {checkpoint}: {err}")
+    except (CheckpointError, ConfigError, OSError) as err:
+        fail(f"cannot load checkpoint {checkpoint}: {err}")
+    if backend == "numpy":
+        from npgpt.generate import generate
+
+        def run(prompt_ids, settings, use_kv_cache=True):
+            return generate(params, config, prompt_ids, settings, use_kv_cache)
+
+        return config, run, "numpy"
+    require_torch()
+    from torchgpt.device import resolve_device, resolve_dtype
+    from torchgpt.generate import generate as torch_generate
+    from torchgpt.model import GPT
+
+    try:
+        torch_device = resolve_device(device)
+    except ValueError as err:
+        fail(str(err))
+    model = GPT.from_params(config, params, device=torch_device, dtype=resolve_dtype(dtype))
+
+    def run(prompt_ids, settings, use_kv_cache=True):
+        return torch_generate(model, prompt_ids, settings, use_kv_cache)
+
+    return config, run, f"torch on {torch_device}"
+
+
+@main.command()
+@click.option("--checkpoint", required=True, help="Checkpoint directory or weights file.")
+@click.option("--prompt", default="", help="Text to continue ('' starts from <|endoftext|>).")
+@click.option("--max-new-tokens", default=50, show_default=True, type=int)
+@click.option("--temperature", default=1.0, show_default=True, type=float, help="0 = greedy.")
+@click.option("--top-k", default=None, type=int, help="Keep the k most probable tokens.")
+@click.option("--top-p", default=None, type=float, help="Nucleus sampling mass in (0, 1].")
+@click.option("--seed", default=None, type=int, help="Seed of the sampler.")
+@click.option("--stop", multiple=True, help="Stop before this string (repeatable).")
+@click.option("--no-kv-cache", is_flag=True, help="Recompute the whole window for each token.")
+@click.option("--stream/--no-stream", default=True, show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="numpy", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="torch: auto|cpu|cuda|mps.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")
+def generate(
+    checkpoint,
+    prompt,
+    max_new_tokens,
+    temperature,
+    top_k,
+    top_p,
+    seed,
+    stop,
+    no_kv_cache,
+    stream,
+    backend,
+    device,
+    dtype,
+):
+    """Continue PROMPT with a trained model; prints the prompt and the generated text."""
+    from npgpt.generate import stream_text
+    from npgpt.sampling import SamplingSettings
+    from npgpt.tokenizer import get_tokenizer
+
+    try:
+        settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens, seed, tuple(stop))
+    except ValueError as err:
+        fail(str(err))
+    config, run, description = load_generator(checkpoint, backend, device, dtype)
+    prompt_ids = get_tokenizer().encode(prompt, allowed_special={"<|endoftext|>"})
+    start, count = time.perf_counter(), 0
+
+    def counted(ids):
+        nonlocal count
+        for token in ids:
+            count += 1
+            yield token
+
+    pieces = stream_text(counted(run(prompt_ids, settings, not no_kv_cache)), settings.stop)
+    if stream:
+        click.echo(prompt, nl=False)
+        for piece in pieces:
+            click.echo(piece, nl=False)
+        click.echo()
+    else:
+        click.echo(prompt + "".join(pieces))
+    seconds = time.perf_counter() - start
+    click.echo(
+        f"{count} tokens in {seconds:.2f} s ({count / max(seconds, 1e-9):.1f} tokens/s, "
+        f"{description})",
+        err=True,
+    )
+
+
+# ---- train, eval ---------------------------------------------------------------------------
+
+
+# ---- download, convert, info ---------------------------------------------------------------
+
+
+# ---- serve ---------------------------------------------------------------------------------
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -67,10 +67,11 @@ def pytest_sessionfinish(session):
         report.write(path)
 
 
-@pytest.fixture
-def torch_threads():
-    """Set torch's thread count for one test, then restore it: small tensors run faster on one
-    thread (OpenMP's start-up and spinning cost more than the work on a busy 2-core machine)."""
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's torch work on one thread, then restore the count: drawn models are small,
+    and OpenMP's start-up and spinning cost more than the work on a busy 2-core machine."""
     saved = torch.get_num_threads()
-    yield torch.set_num_threads
+    torch.set_num_threads(1)
+    yield
     torch.set_num_threads(saved)

@@ -10,21 +10,13 @@ float64.
 """
 
 import pytest
-import torch
 from hypothesis import given
 
 from parity import oracle
 from parity.conftest import DEVICES
 from parity.strategies import DTYPES, cases
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Drawn models are small: one thread beats OpenMP's overhead (see conftest.torch_threads)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def check_case(case, attn, device):

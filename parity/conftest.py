@@ -36,13 +36,6 @@ settings.load_profile("ci")  # `--hypothesis-profile NAME` (Hypothesis' own opti
 CUDA_SKIP = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA GPU: torch.cuda.is_available() is False"
 )
-# Where torchgpt runs: the CPU in the drawn dtype, or a GPU in float32 (TF32 off / on) against
-# npgpt in float64.
-DEVICES = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param("cuda", id="cuda-float32", marks=CUDA_SKIP),
-    pytest.param("cuda-tf32", id="cuda-tf32", marks=CUDA_SKIP),
-]
 
 
 def pytest_addoption(parser):

@@ -263,6 +263,8 @@ def check(
     same inputs and masks, on `device`; returns the `Comparison`. On a GPU, pass float64 params:
     npgpt runs them as they are, torch in float32."""
     dtype = next(iter(params.values())).dtype
+    if device != "cpu":  # torch computes in float32: npgpt gets those same numbers, in float64
+        params = {name: v.astype(np.float32).astype(np.float64) for name, v in params.items()}
     reference = run_npgpt(params, config, idx, targets, masks, train)
     torch_device, torch_dtype = torch_placement(device, dtype)
     gpt = torchgpt.GPT.from_params(config, params, attn, torch_device, torch_dtype)

@@ -1,10 +1,12 @@
 """What Hypothesis draws: a model, its parameters, a batch, a dtype and dropout masks.
 
     config      n_layers 1-3, n_heads 1-4, head size 1-16 (emb_dim = heads * head size),
-                context 1-24, vocab 1-64 or GPT-2's 50257, qkv_bias on/off. emb_dim = 1 is
-                left out: LayerNorm over one channel outputs its shift whatever the input, so
-                every gradient through it is exactly 0 in npgpt and rounding noise (~1e-13) in
-                torch, and no relative error can be measured against a zero reference
+                context 1-24, vocab 1-64 or GPT-2's 50257, qkv_bias on/off. emb_dim 1 and 2
+                are left out: LayerNorm's normalised output keeps C - 2 degrees of freedom, so
+                over C = 1 channel it is 0 and over C = 2 it is +-(1, -1) whatever the input
+                (up to eps); every gradient through it is then 0 up to eps, what is computed is
+                cancellation noise (exactly 0 in npgpt, ~1e-13 in torch at C = 1; 1e-3 relative
+                in float32 at C = 2), and no relative error against it means anything
     batch       B 1-3, T 1-context, token ids in [0, V), targets in [0, V) with some -100
                 (ignored), at least one not ignored (the mean loss needs a term)
     dtype       float64 or float32, the same in both backends
@@ -87,9 +89,9 @@ class Case:
 
 
 @st.composite
-def configs(draw, dropout=True):
+def configs(draw, dropout=True, min_emb_dim=3):
     n_heads = draw(st.integers(1, 4))
-    head_size = draw(st.integers(1 if n_heads > 1 else 2, 16))  # emb_dim >= 2, see above
+    head_size = draw(st.integers(-(-min_emb_dim // n_heads), 16))  # emb_dim >= min_emb_dim
     return GPTConfig(
         vocab_size=draw(st.one_of(st.integers(1, 64), st.just(GPT2_VOCAB_SIZE))),
         context_length=draw(st.integers(1, 24)),
@@ -102,10 +104,11 @@ def configs(draw, dropout=True):
 
 
 @st.composite
-def cases(draw, dropout=True, dtypes=DTYPES):
+def cases(draw, dropout=True, dtypes=DTYPES, scales=SCALES, min_emb_dim=3):
     """A `Case`. `dropout=False` keeps drop_rate at 0 (for sdpa, which cannot take an external
-    attention-dropout mask); `dtypes` limits the drawn dtype."""
-    config = draw(configs(dropout=dropout))
+    attention-dropout mask); `dtypes`, `scales` and `min_emb_dim` narrow the draws (the GPU
+    properties, see parity.tolerances)."""
+    config = draw(configs(dropout=dropout, min_emb_dim=min_emb_dim))
     B = draw(st.integers(1, 3))
     T = draw(st.integers(1, config.context_length))
     token = st.integers(0, config.vocab_size - 1)
@@ -118,6 +121,6 @@ def cases(draw, dropout=True, dtypes=DTYPES):
         targets=targets,
         dtype=draw(st.sampled_from(dtypes)),
         param_seed=draw(st.integers(0, 2**32 - 1)),
-        scale=draw(st.sampled_from(SCALES)),
+        scale=draw(st.sampled_from(scales)),
         mask_seed=draw(st.integers(0, 2**32 - 1)),
     )

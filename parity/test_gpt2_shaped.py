@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import save_file
 
 import npgpt
@@ -37,6 +36,7 @@ from npgpt.formats import detect_format
 from npgpt.openai_checkpoint import save_openai
 from npgpt.tokenizer import get_tokenizer
 from parity import oracle
+from parity.conftest import CUDA_SKIP
 from parity.strategies import random_params
 
 GPT2_DIR_VAR = "NPGPT_GPT2_DIR"
@@ -46,9 +46,6 @@ SOURCES = {
     "deep": (GPTConfig(emb_dim=256, n_heads=8, n_layers=24), 24),
 }
 FORMATS = ("openai-tf", "safetensors", "hf-safetensors")
-CUDA = pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA GPU: torch.cuda.is_available() is False"
-)
 REAL = pytest.mark.skipif(
     not os.environ.get(GPT2_DIR_VAR),
     reason=f"set {GPT2_DIR_VAR} to a directory of real GPT-2 weights to run these on them",
@@ -81,7 +78,7 @@ def run_id(run):
 def run_param(run):
     marks = [REAL] if run[0] == "real" else []
     if run[4] != "cpu":
-        marks.append(CUDA)
+        marks.append(CUDA_SKIP)
     return pytest.param(*run, id=run_id(run), marks=marks)
 
 

@@ -6,23 +6,26 @@ Both torch attention paths are checked. `math` takes the shared attention-dropou
 exposes `attn.probs`; `sdpa` (F.scaled_dot_product_attention) does neither, so its draws have
 no dropout and its comparison has no `attn.probs` (every other tensor is compared). On a CUDA
 machine the same properties run torch in float32 on the GPU, TF32 off and on, against npgpt in
-float64.
+float64, over GPT-2-like draws (`tolerances.GPU_SCALES`, `tolerances.GPU_MIN_EMB_DIM`).
 """
 
 import pytest
 from hypothesis import given
 
-from parity import oracle
-from parity.conftest import DEVICES
-from parity.strategies import DTYPES, cases
+from parity import oracle, tolerances
+from parity.conftest import CUDA_SKIP
+from parity.strategies import cases
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+GPUS = [pytest.param(device, marks=CUDA_SKIP) for device in ("cuda", "cuda-tf32")]
+GPU_CASES = dict(
+    dtypes=("float64",), scales=tolerances.GPU_SCALES, min_emb_dim=tolerances.GPU_MIN_EMB_DIM
+)
 
 
 def check_case(case, attn, device):
-    dtype = case.dtype if device == "cpu" else "float64"  # GPU runs compare to npgpt float64
     comparison = oracle.check(
-        case.params(dtype),
+        case.params(),
         case.config,
         case.idx,
         case.targets,
@@ -35,13 +38,23 @@ def check_case(case, attn, device):
     oracle.assert_parity(comparison)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @given(case=cases(dropout=True))
-def test_math_attention(case, device):
+def test_math_attention(case):
+    check_case(case, "math", "cpu")
+
+
+@given(case=cases(dropout=False))
+def test_sdpa_attention(case):
+    check_case(case, "sdpa", "cpu")
+
+
+@pytest.mark.parametrize("device", GPUS)
+@given(case=cases(dropout=True, **GPU_CASES))
+def test_math_attention_on_gpu(case, device):
     check_case(case, "math", device)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@given(case=cases(dropout=False, dtypes=DTYPES))
-def test_sdpa_attention(case, device):
+@pytest.mark.parametrize("device", GPUS)
+@given(case=cases(dropout=False, **GPU_CASES))
+def test_sdpa_attention_on_gpu(case, device):
     check_case(case, "sdpa", device)

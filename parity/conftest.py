@@ -17,7 +17,7 @@ from parity import report
 # minutes on 2 cores. thorough: fresh random draws, 10x the examples.
 settings.register_profile(
     "ci",
-    max_examples=12,
+    max_examples=20,
     derandomize=True,
     database=None,
     deadline=None,

@@ -79,14 +79,6 @@ class Case:
         B, T = self.idx.shape
         return draw_dropout_masks(self.config, B, T, np.random.default_rng(self.mask_seed))
 
-    def __repr__(self):  # what Hypothesis prints for a falsifying example
-        B, T = self.idx.shape
-        return (
-            f"Case(config={self.config}, B={B}, T={T}, dtype={self.dtype!r}, "
-            f"param_seed={self.param_seed}, scale={self.scale}, mask_seed={self.mask_seed},\n"
-            f"     idx={self.idx.tolist()},\n     targets={self.targets.tolist()})"
-        )
-
 
 @st.composite
 def configs(draw, dropout=True, min_emb_dim=3):

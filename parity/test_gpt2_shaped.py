@@ -21,6 +21,7 @@ parameters are bit-identical to the written ones; so the reference is computed o
 and dtype and shared (at 124M, one NumPy forward + backward takes seconds).
 """
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -32,7 +33,6 @@ import npgpt
 import torchgpt
 from npgpt.checkpoint import WEIGHTS_FILE
 from npgpt.config import GPTConfig
-from npgpt.formats import detect_format
 from npgpt.openai_checkpoint import save_openai
 from npgpt.tokenizer import get_tokenizer
 from parity import oracle
@@ -115,7 +115,6 @@ class Source:
             path = Path(os.environ[GPT2_DIR_VAR])
             self.config, self.params = npgpt.load(path, dtype=None)
             self.dirs = {"auto": path}
-            detect_format(path)  # a clear error if the directory holds no known format
             return
         self.config, seed = SOURCES[name]
         self.params = random_params(self.config, seed, dtype=np.float32)
@@ -137,8 +136,6 @@ class Source:
 def has_tensorflow():
     """TensorFlow's own SaveV2 writes the checkpoint when installed (its C++ CRC is much faster
     than npgpt's NumPy one at 124M), which also proves the loaders read TF's own files."""
-    import importlib.util
-
     return importlib.util.find_spec("tensorflow") is not None
 
 

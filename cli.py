@@ -146,5 +146,25 @@ def generate(
 # ---- serve ---------------------------------------------------------------------------------
 
 
+@main.command()
+@click.option("--checkpoint", required=True, help="Checkpoint directory or weights file.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="numpy", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="torch: auto|cpu|cuda|mps.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 = every network.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+def serve(checkpoint, backend, device, dtype, host, port):
+    """A web page (Chainlit) where you type a prompt and watch the model answer."""
+    from webapp.serve import PortUnavailable, chainlit_package
+    from webapp.serve import serve as run_page
+
+    if chainlit_package() is None:
+        fail('serve needs Chainlit: pip install -e ".[web]"')
+    try:
+        run_page(checkpoint, backend, device, dtype, host, port)
+    except PortUnavailable as err:
+        fail(f"{err}; choose another --port")
+
+
 if __name__ == "__main__":
     sys.exit(main())

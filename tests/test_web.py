@@ -1,0 +1,236 @@
+"""The web page in a real browser: `python cli.py serve` on a free port, driven by headless Chromium.
+
+The page must stream the very text `python cli.py generate` prints for the same prompt, settings
+and seed; say what is wrong with a bad setting, an over-long prompt or a missing checkpoint in
+the chat and keep serving; and give two sessions generating at the same time their own answers.
+The browser cannot resolve any host but 127.0.0.1, so the page is also checked to render offline.
+
+`NPGPT_WEB_SCREENSHOT=docs/web.png` saves a screenshot of the page mid-answer (for the README).
+"""
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+MISSING = [
+    what
+    for what, present in [
+        ("chromium (apt-get install chromium)", CHROMIUM),
+        ("chromedriver (apt-get install chromium-driver)", CHROMEDRIVER),
+        ('selenium (pip install -e ".[dev]")', importlib.util.find_spec("selenium")),
+        ('chainlit (pip install -e ".[web]")', importlib.util.find_spec("chainlit")),
+    ]
+    if not present
+]
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)}")
+
+if not MISSING:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+PROMPT = "The meaning of life is"
+SETTINGS = {"temperature": "0.9", "top_k": "200", "top_p": "0.95", "max_new_tokens": "30"}
+TIMEOUT = 30  # seconds for any one thing to appear on the page
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_checkpoint(directory):
+    from npgpt import GPTConfig, init_params, save
+
+    config = GPTConfig.preset("tiny")  # random weights: the test is about the page, not the text
+    save(directory, config, init_params(config, seed=0))
+
+
+def start_server(checkpoint, port):
+    """`python cli.py serve` in its own process, once its health check answers."""
+    server = subprocess.Popen(
+        [sys.executable, "cli.py", "serve", "--checkpoint", str(checkpoint), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"serve exited with status {server.returncode}:\n{server.stdout.read()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return server
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    pytest.fail(f"serve did not answer on port {port} within 60 s:\n{server.stdout.read()}")
+
+
+def stop_server(server):
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+    server.stdout.close()
+
+
+def cli_generate(checkpoint, prompt, settings):
+    """Start `python cli.py generate`; calling the result gives what it printed after the prompt."""
+    options = [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
+    process = subprocess.Popen(
+        [sys.executable, "cli.py", "generate", "--checkpoint", str(checkpoint), "--prompt", prompt]
+        + options,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def printed():
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        assert out.startswith(prompt) and out.endswith("\n"), out
+        return out[len(prompt) : -1]
+
+    return printed
+
+
+def new_browser():
+    options = Options()
+    options.binary_location = CHROMIUM
+    for argument in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1000,700",
+        # offline: every host name but the server's fails to resolve
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    ]:
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def wait_for(driver, condition, what):
+    return WebDriverWait(driver, TIMEOUT, poll_frequency=0.05).until(
+        lambda d: condition(d), message=f"waited {TIMEOUT} s for {what}"
+    )
+
+
+def messages(driver):
+    """The text of every message the page shows from the server, in order."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('[data-step-type=assistant_message]')]"
+        ".map(m => m.textContent)"
+    )
+
+
+def open_chat(driver, url, first_message="Model:"):
+    """A fresh chat session on the page; waits for the server's first message."""
+    driver.get(url)
+    wait_for(driver, lambda d: any(first_message in m for m in messages(d)), first_message)
+
+
+def set_settings(driver, values):
+    driver.find_element(By.ID, "chat-settings-open-modal").click()
+    for key, value in values.items():
+        field = wait_for(driver, lambda d, key=key: d.find_element(By.ID, key), f"field {key}")
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(Keys.DELETE)
+        field.send_keys(value)
+    driver.find_element(By.ID, "confirm").click()
+
+
+def send(driver, prompt):
+    field = wait_for(driver, lambda d: d.find_element(By.ID, "chat-input"), "the message box")
+    field.send_keys(prompt)
+    driver.find_element(By.ID, "chat-submit").click()
+
+
+def answers(driver):
+    """Each answer so far as (text, finished): the text is the code block the answer streams
+    into (a code block shows the model's text verbatim); finished once the tokens/s line is in."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('[data-step-type=assistant_message]')]"
+        ".filter(m => m.querySelector('pre code'))"
+        ".map(m => [m.querySelector('pre code').textContent, m.textContent.includes('tokens/s')])"
+    )
+
+
+def code_text(shown):
+    """A Markdown code block ends in a newline that is not part of its text."""
+    assert shown.endswith("\n"), repr(shown)
+    return shown[:-1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("web") / "tiny"
+    write_checkpoint(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def url(checkpoint):
+    port = free_port()
+    server = start_server(checkpoint, port)
+    yield f"http://127.0.0.1:{port}/"
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = new_browser()
+    yield driver
+    driver.quit()
+
+
+def test_streams_the_answer_cli_generate_gives(browser, url, checkpoint):
+    settings = SETTINGS | {"seed": "1234"}
+    expected = cli_generate(checkpoint, PROMPT, settings)  # runs while the browser works
+    open_chat(browser, url)
+    loaded = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert all(name.startswith(url) for name in loaded), loaded  # nothing from the internet
+    set_settings(browser, settings)
+    send(browser, PROMPT)
+    seen = []  # every state of the answer the page showed while it streamed
+    screenshot = os.environ.get("NPGPT_WEB_SCREENSHOT")
+
+    def finished(driver):
+        shown = answers(driver)
+        if shown:
+            seen.append(shown[0][0])
+            if screenshot and not shown[0][1] and len(shown[0][0]) > 40:
+                driver.save_screenshot(screenshot)
+        return shown and shown[0][1]
+
+    wait_for(browser, finished, "the answer")
+    answer = code_text(answers(browser)[0][0])
+    assert answer == expected()
+    # while streaming, the page ends the text with a zero-width space (its cursor)
+    shown = [text.rstrip("\n\u200b") for text in seen]
+    assert all(answer.startswith(text) for text in shown), (shown, answer)
+    partial = [text for text in shown if 0 < len(text) < len(answer.rstrip("\n"))]
+    assert partial, "the answer appeared all at once: it did not stream"
+    assert "parameters" in messages(browser)[-1] and "numpy" in messages(browser)[-1]

@@ -1,4 +1,4 @@
-"""The web page in a real browser: `python cli.py serve` on a free port, driven by headless Chromium.
+"""The web page in a real browser: `cli.py serve` on a free port, driven by headless Chromium.
 
 The page must stream the very text `python cli.py generate` prints for the same prompt, settings
 and seed; say what is wrong with a bad setting, an over-long prompt or a missing checkpoint in
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from npgpt.tokenizer import get_tokenizer
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -37,6 +39,7 @@ pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING
 
 if not MISSING:
     from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -131,9 +134,10 @@ def new_browser():
 
 
 def wait_for(driver, condition, what):
-    return WebDriverWait(driver, TIMEOUT, poll_frequency=0.05).until(
-        lambda d: condition(d), message=f"waited {TIMEOUT} s for {what}"
-    )
+    try:
+        return WebDriverWait(driver, TIMEOUT, poll_frequency=0.05).until(condition)
+    except TimeoutException:
+        pytest.fail(f"waited {TIMEOUT} s for {what}; the page's messages: {messages(driver)}")
 
 
 def messages(driver):
@@ -234,3 +238,90 @@ def test_streams_the_answer_cli_generate_gives(browser, url, checkpoint):
     partial = [text for text in shown if 0 < len(text) < len(answer.rstrip("\n"))]
     assert partial, "the answer appeared all at once: it did not stream"
     assert "parameters" in messages(browser)[-1] and "numpy" in messages(browser)[-1]
+
+
+def test_bad_settings_and_long_prompts_are_said_in_the_chat(browser, url):
+    open_chat(browser, url)
+    set_settings(browser, {"top_p": "1.5"})
+    problem = "Invalid setting: top-p must be in (0, 1], got 1.5"
+    wait_for(browser, lambda d: problem in messages(d)[-1], "the invalid-setting message")
+    send(browser, PROMPT)  # refused too, with the same reason
+    wait_for(browser, lambda d: len(messages(d)) == 3 and problem in messages(d)[-1], "refusal")
+    set_settings(browser, {"top_p": "0.9"})
+    too_long = " ".join(["word"] * 80)  # 80 tokens; the tiny model's context is 64
+    send(browser, too_long)
+    problem = "The prompt is 80 tokens, but this model reads at most 64"
+    wait_for(browser, lambda d: problem in messages(d)[-1], "the prompt-too-long message")
+    send(browser, PROMPT)  # the server kept running, and answers what it can
+    wait_for(browser, lambda d: answers(d) and answers(d)[0][1], "an answer")
+    assert len(messages(browser)) == 5
+
+
+def test_a_missing_checkpoint_is_said_in_the_chat_until_it_appears(browser, tmp_path):
+    checkpoint = tmp_path / "not-trained-yet"
+    port = free_port()
+    server = start_server(checkpoint, port)
+    try:
+        open_chat(browser, f"http://127.0.0.1:{port}/", first_message="No model to answer with")
+        said = messages(browser)[0]
+        assert str(checkpoint) in said and "no such file or directory" in said, said
+        write_checkpoint(checkpoint)
+        send(browser, PROMPT)  # loading is retried with each message
+        wait_for(browser, lambda d: answers(d) and answers(d)[0][1], "an answer")
+    finally:
+        stop_server(server)
+
+
+def in_process_generate(checkpoint, prompt, settings):
+    """What `cli.py generate` prints after the prompt, computed here with the same npgpt calls."""
+    from npgpt.formats import load
+    from npgpt.generate import generate, stream_text
+    from webapp.settings import parse
+
+    config, params = load(checkpoint)
+    prompt_ids = get_tokenizer().encode(prompt)
+    return "".join(stream_text(generate(params, config, prompt_ids, parse(settings))))
+
+
+RECORD_TIMES = """
+window.answerTimes = [];  // [ms since the epoch, characters shown, finished] at each change
+new MutationObserver(() => {
+  const m = [...document.querySelectorAll('[data-step-type=assistant_message]')]
+    .filter(m => m.querySelector('pre code'));
+  if (m.length) window.answerTimes.push([Date.now(),
+    m[0].querySelector('pre code').textContent.replace(/[\\n\\u200b]/g, '').length,
+    m[0].textContent.includes('tokens/s')]);
+}).observe(document.body, {subtree: true, childList: true, characterData: true});
+"""
+
+
+def streaming_interval(driver):
+    """When the answer showed its first character and when it finished (ms since the epoch)."""
+    times = driver.execute_script("return window.answerTimes")
+    first = min(t for t, length, _ in times if length > 0)
+    return first, min(t for t, _, finished in times if finished)
+
+
+def test_two_sessions_generating_at_once_get_their_own_answers(browser, url, checkpoint):
+    longer = SETTINGS | {"max_new_tokens": "60"}  # a few seconds each: time to overlap
+    settings = [longer | {"seed": "1"}, longer | {"seed": "2"}]
+    prompts = [PROMPT, "Once upon a time"]
+    other = new_browser()
+    try:
+        drivers = [browser, other]
+        for driver, values in zip(drivers, settings, strict=True):
+            open_chat(driver, url)
+            set_settings(driver, values)
+            driver.execute_script(RECORD_TIMES)
+        for driver, prompt in zip(drivers, prompts, strict=True):
+            send(driver, prompt)
+        for driver in drivers:
+            wait_for(driver, lambda d: answers(d) and answers(d)[0][1], "an answer")
+        got = [code_text(answers(driver)[0][0]) for driver in drivers]
+        pairs = zip(prompts, settings, strict=True)
+        expected = [in_process_generate(checkpoint, prompt, values) for prompt, values in pairs]
+        assert got == expected
+        (start_1, end_1), (start_2, end_2) = map(streaming_interval, drivers)
+        assert max(start_1, start_2) < min(end_1, end_2), "one answer waited for the other"
+    finally:
+        other.quit()

@@ -125,7 +125,7 @@ async def start():
     try:
         _, _, summary = await asyncio.to_thread(load_model)
     except ModelUnavailable as err:
-        await say_problem(f"No model to answer with: {err}")
+        await say_problem(f"No model to answer with: {err}. Each message tries to load it again.")
         return
     await cl.Message(content=f"Model: {summary}", author="npgpt").send()
 
@@ -143,7 +143,7 @@ async def answer(message):
     try:
         config, run, summary = await asyncio.to_thread(load_model)
     except ModelUnavailable as err:
-        await say_problem(f"No model to answer with: {err}")
+        await say_problem(f"No model to answer with: {err}. Each message tries to load it again.")
         return
     try:
         sampling = settings.parse(cl.user_session.get("chat_settings") or settings.DEFAULTS)

@@ -64,8 +64,9 @@ def write_checkpoint(directory):
     save(directory, config, init_params(config, seed=0))
 
 
-def start_server(checkpoint, port):
-    """`python cli.py serve` in its own process, once its health check answers."""
+def start_server(checkpoint):
+    """`python cli.py serve` on a free port, in its own process; `wait_until_up` waits for it."""
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "cli.py", "serve", "--checkpoint", str(checkpoint), "--port", str(port)],
         cwd=ROOT,
@@ -73,17 +74,21 @@ def start_server(checkpoint, port):
         stderr=subprocess.STDOUT,
         text=True,
     )
+    return server, f"http://127.0.0.1:{port}/"
+
+
+def wait_until_up(server, url):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if server.poll() is not None:
             pytest.fail(f"serve exited with status {server.returncode}:\n{server.stdout.read()}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                return server
+            with urllib.request.urlopen(url + "health", timeout=1):
+                return
         except OSError:
             time.sleep(0.2)
     server.kill()
-    pytest.fail(f"serve did not answer on port {port} within 60 s:\n{server.stdout.read()}")
+    pytest.fail(f"serve did not answer at {url} within 60 s:\n{server.stdout.read()}")
 
 
 def stop_server(server):
@@ -164,10 +169,18 @@ def set_settings(driver, values):
     driver.find_element(By.ID, "confirm").click()
 
 
-def send(driver, prompt):
+def type_prompt(driver, prompt):
     field = wait_for(driver, lambda d: d.find_element(By.ID, "chat-input"), "the message box")
     field.send_keys(prompt)
+
+
+def submit(driver):
     driver.find_element(By.ID, "chat-submit").click()
+
+
+def send(driver, prompt):
+    type_prompt(driver, prompt)
+    submit(driver)
 
 
 def answers(driver):
@@ -194,11 +207,21 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def url(checkpoint):
-    port = free_port()
-    server = start_server(checkpoint, port)
-    yield f"http://127.0.0.1:{port}/"
-    stop_server(server)
+def servers(checkpoint):
+    """url -> the page for our checkpoint, missing -> one whose checkpoint is not there yet.
+    Both start at once: most of a start is importing Chainlit, and the two overlap."""
+    missing = checkpoint.parent / "not-trained-yet"
+    started = {"url": start_server(checkpoint), "missing": start_server(missing)}
+    for server, url in started.values():
+        wait_until_up(server, url)
+    yield {name: url for name, (_, url) in started.items()} | {"missing_checkpoint": missing}
+    for server, _ in started.values():
+        stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def url(servers):
+    return servers["url"]
 
 
 @pytest.fixture(scope="module")
@@ -257,19 +280,13 @@ def test_bad_settings_and_long_prompts_are_said_in_the_chat(browser, url):
     assert len(messages(browser)) == 5
 
 
-def test_a_missing_checkpoint_is_said_in_the_chat_until_it_appears(browser, tmp_path):
-    checkpoint = tmp_path / "not-trained-yet"
-    port = free_port()
-    server = start_server(checkpoint, port)
-    try:
-        open_chat(browser, f"http://127.0.0.1:{port}/", first_message="No model to answer with")
-        said = messages(browser)[0]
-        assert str(checkpoint) in said and "no such file or directory" in said, said
-        write_checkpoint(checkpoint)
-        send(browser, PROMPT)  # loading is retried with each message
-        wait_for(browser, lambda d: answers(d) and answers(d)[0][1], "an answer")
-    finally:
-        stop_server(server)
+def test_a_missing_checkpoint_is_said_in_the_chat_until_it_appears(browser, servers):
+    open_chat(browser, servers["missing"], first_message="No model to answer with")
+    said = messages(browser)[0]
+    assert str(servers["missing_checkpoint"]) in said and "no such file or directory" in said
+    write_checkpoint(servers["missing_checkpoint"])
+    send(browser, PROMPT)  # loading is retried with each message
+    wait_for(browser, lambda d: answers(d) and answers(d)[0][1], "an answer")
 
 
 def in_process_generate(checkpoint, prompt, settings):
@@ -303,7 +320,7 @@ def streaming_interval(driver):
 
 
 def test_two_sessions_generating_at_once_get_their_own_answers(browser, url, checkpoint):
-    longer = SETTINGS | {"max_new_tokens": "60"}  # a few seconds each: time to overlap
+    longer = SETTINGS | {"max_new_tokens": "40"}  # a few seconds each, on a loaded machine too
     settings = [longer | {"seed": "1"}, longer | {"seed": "2"}]
     prompts = [PROMPT, "Once upon a time"]
     other = new_browser()
@@ -314,7 +331,9 @@ def test_two_sessions_generating_at_once_get_their_own_answers(browser, url, che
             set_settings(driver, values)
             driver.execute_script(RECORD_TIMES)
         for driver, prompt in zip(drivers, prompts, strict=True):
-            send(driver, prompt)
+            type_prompt(driver, prompt)
+        for driver in drivers:  # back to back
+            submit(driver)
         for driver in drivers:
             wait_for(driver, lambda d: answers(d) and answers(d)[0][1], "an answer")
         got = [code_text(answers(driver)[0][0]) for driver in drivers]

@@ -232,7 +232,10 @@ def browser():
 
 
 def test_streams_the_answer_cli_generate_gives(browser, url, checkpoint):
+    screenshot = os.environ.get("NPGPT_WEB_SCREENSHOT")
     settings = SETTINGS | {"seed": "1234"}
+    if screenshot:  # an answer long enough to photograph mid-way; the window slides, too
+        settings["max_new_tokens"] = "60"
     expected = cli_generate(checkpoint, PROMPT, settings)  # runs while the browser works
     open_chat(browser, url)
     loaded = browser.execute_script(
@@ -242,14 +245,16 @@ def test_streams_the_answer_cli_generate_gives(browser, url, checkpoint):
     set_settings(browser, settings)
     send(browser, PROMPT)
     seen = []  # every state of the answer the page showed while it streamed
-    screenshot = os.environ.get("NPGPT_WEB_SCREENSHOT")
 
     def finished(driver):
+        nonlocal screenshot
         shown = answers(driver)
         if shown:
             seen.append(shown[0][0])
-            if screenshot and not shown[0][1] and len(shown[0][0]) > 40:
+            if screenshot and not shown[0][1] and len(shown[0][0]) > 150:
                 driver.save_screenshot(screenshot)
+                if not answers(driver)[0][1]:  # still streaming once taken: keep this one
+                    screenshot = None
         return shown and shown[0][1]
 
     wait_for(browser, finished, "the answer")

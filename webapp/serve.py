@@ -39,6 +39,7 @@ unsafe_allow_html = false
 latex = false
 user_message_markdown = false
 edit_message = false
+user_message_autoscroll = false
 
 [features.spontaneous_file_upload]
 enabled = false
@@ -62,8 +63,10 @@ generated_by = "{version}"
 """
 
 # The model's answer is shown verbatim in a code block: wrap long lines instead of scrolling.
+# The browser's own scroll bars follow the page's dark or light theme.
 CUSTOM_CSS = """\
 pre, pre code { white-space: pre-wrap !important; overflow-wrap: anywhere; }
+html.dark { color-scheme: dark; }
 """
 
 README_MD = """\

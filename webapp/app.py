@@ -94,6 +94,11 @@ def settings_widgets():
     ]
 
 
+def encode_prompt(text):
+    """The CLI's encoding of a prompt: a typed `<|endoftext|>` is the special token."""
+    return get_tokenizer().encode(text, allowed_special={"<|endoftext|>"})
+
+
 async def say_problem(text):
     await cl.Message(content=f"⚠️ {text}", author="npgpt").send()
 
@@ -150,7 +155,7 @@ async def answer(message):
     except settings.SettingsError as err:
         await say_problem(f"Invalid setting: {err}. Fix it in the settings panel.")
         return
-    prompt_ids = get_tokenizer().encode(message.content, allowed_special={"<|endoftext|>"})
+    prompt_ids = await asyncio.to_thread(encode_prompt, message.content)
     if len(prompt_ids) > config.context_length:
         await say_problem(
             f"The prompt is {len(prompt_ids)} tokens, but this model reads at most "
@@ -174,8 +179,7 @@ async def answer(message):
         text += piece
         await reply.stream_token(piece)
     seconds = time.perf_counter() - start_time
-    reply.content = (
-        fenced(text) + f"\n\n*{count} tokens in {seconds:.2f} s · {count / max(seconds, 1e-9):.1f} "
-        f"tokens/s · {summary}*"
-    )
-    await reply.update()
+    shown = fenced(text) if text else "*(no text: `<|endoftext|>` came first, or 0 new tokens)*"
+    speed = f"{count} tokens in {seconds:.2f} s · {count / max(seconds, 1e-9):.1f} tokens/s"
+    reply.content = f"{shown}\n\n*{speed} · {summary}*"
+    await (reply.update() if reply.streaming else reply.send())  # no token: nothing sent yet

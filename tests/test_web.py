@@ -298,11 +298,12 @@ def in_process_generate(checkpoint, prompt, settings):
     """What `cli.py generate` prints after the prompt, computed here with the same npgpt calls."""
     from npgpt.formats import load
     from npgpt.generate import generate, stream_text
-    from webapp.settings import parse
+    from webapp.settings import DEFAULTS, parse
 
     config, params = load(checkpoint)
     prompt_ids = get_tokenizer().encode(prompt)
-    return "".join(stream_text(generate(params, config, prompt_ids, parse(settings))))
+    sampling = parse(DEFAULTS | settings)  # the page's defaults, which are the CLI's
+    return "".join(stream_text(generate(params, config, prompt_ids, sampling)))
 
 
 RECORD_TIMES = """
@@ -325,8 +326,7 @@ def streaming_interval(driver):
 
 
 def test_two_sessions_generating_at_once_get_their_own_answers(browser, url, checkpoint):
-    longer = SETTINGS | {"max_new_tokens": "40"}  # a few seconds each, on a loaded machine too
-    settings = [longer | {"seed": "1"}, longer | {"seed": "2"}]
+    settings = [{"seed": "1", "max_new_tokens": "30"}, {"seed": "2", "max_new_tokens": "30"}]
     prompts = [PROMPT, "Once upon a time"]
     other = new_browser()
     try:

@@ -54,8 +54,9 @@ def load_cached():
         )
     except click.ClickException as err:
         raise ModelUnavailable(err.message) from None
+    shape = config.replace(drop_rate=0.0)  # dropout is off when generating anyway
     layout = next(
-        (name for name, preset in PRESETS.items() if preset == config.replace(drop_rate=0.0)),
+        (name for name, preset in PRESETS.items() if preset.replace(drop_rate=0.0) == shape),
         "custom",
     )
     summary = (
@@ -73,25 +74,16 @@ def load_model():
 
 
 def settings_widgets():
-    labels = {key: field[0] for key, field in settings.FIELDS.items()}
-    hints = {key: field[3] for key, field in settings.FIELDS.items()}
-    return [
-        NumberInput(
-            id="temperature",
-            label=labels["temperature"],
-            initial=settings.DEFAULTS["temperature"],
-            description=hints["temperature"],
-        ),
-        TextInput(id="top_k", label=labels["top_k"], placeholder="off", description=hints["top_k"]),
-        TextInput(id="top_p", label=labels["top_p"], placeholder="off", description=hints["top_p"]),
-        NumberInput(
-            id="max_new_tokens",
-            label=labels["max_new_tokens"],
-            initial=settings.DEFAULTS["max_new_tokens"],
-            description=hints["max_new_tokens"],
-        ),
-        TextInput(id="seed", label=labels["seed"], placeholder="random", description=hints["seed"]),
-    ]
+    """The settings panel: number boxes for required fields, text boxes (empty = off) for others."""
+    widgets = []
+    for key, (label, _, required, accepts) in settings.FIELDS.items():
+        if required:
+            initial = settings.DEFAULTS[key]
+            widgets.append(NumberInput(id=key, label=label, initial=initial, description=accepts))
+        else:
+            empty = accepts.rsplit("empty = ", 1)[1]  # "off" or "random"
+            widgets.append(TextInput(id=key, label=label, placeholder=empty, description=accepts))
+    return widgets
 
 
 def encode_prompt(text):

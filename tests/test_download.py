@@ -9,7 +9,9 @@ import socket
 import threading
 
 import pytest
+from click.testing import CliRunner
 
+import cli
 from npgpt.download import (
     BASE_URL_ENV,
     HF_FILES,
@@ -240,3 +242,24 @@ def test_unreachable_server_is_one_clear_line(tmp_path):
     )
     assert "\n" not in message
     assert [p.name for p in (tmp_path / "m").iterdir()] == []
+
+
+def test_cli_download(server, tmp_path):
+    target = tmp_path / "gpt2"
+    args = ["download", "gpt2", "--dir", str(target), "--base-url", server.url]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{target}\n"
+    assert_complete(target, server.expected)
+
+
+def test_cli_download_without_network_is_one_line_and_fails(tmp_path):
+    base = f"http://127.0.0.1:{unused_port()}"
+    args = ["download", "gpt2-xl", "--source", "hf", "--dir", str(tmp_path), "--base-url", base]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"Error: could not reach {base}/gpt2-xl/resolve/main/")
+    assert f"put them in {tmp_path}: config.json, model.safetensors" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -248,3 +248,14 @@ def test_what_is_not_a_checkpoint(tmp_path):
         load(tmp_path / "notes.txt")
     with pytest.raises(CheckpointError, match="no such file or directory"):
         load(tmp_path / "absent")
+
+
+def test_bfloat16_safetensors_refused_even_once_ml_dtypes_is_loaded(tmp_path, params):
+    """TensorFlow and JAX import ml_dtypes, after which safetensors returns bfloat16 arrays
+    instead of failing; npgpt refuses them either way."""
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes comes with tensorflow")
+    tensors = dict(params) | {"ln_f.bias": params["ln_f.bias"].astype(ml_dtypes.bfloat16)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    CFG.save_json(tmp_path / "config.json")
+    with pytest.raises(CheckpointError, match=r"dtype NumPy cannot represent \(ln_f.bias: bfl"):
+        load(tmp_path)

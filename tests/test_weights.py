@@ -156,13 +156,51 @@ def test_truncated_or_corrupt_openai_checkpoint(openai_dir, damage, expected):
 
 
 def hf_tensors(params, prefixed):
+    """prefixed: what GPT2LMHeadModel writes (with the tied head); bare: what GPT2Model writes,
+    and the form of the hub's openai-community/gpt2 files. Both with the causal-mask buffers
+    older transformers versions saved."""
     prefix = "transformer." if prefixed else ""
     tensors = {prefix + name: value for name, value in params.items()}
-    if prefixed:  # what GPT2LMHeadModel writes: the tied head and, in older versions, buffers
+    for i in range(CFG.n_layers):
+        tensors[f"{prefix}h.{i}.attn.bias"] = np.tril(np.ones((1, 1, 16, 16), np.float32))
+        tensors[f"{prefix}h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
+    if prefixed:
         tensors["lm_head.weight"] = params["wte.weight"]
-        for i in range(CFG.n_layers):
-            tensors[f"transformer.h.{i}.attn.bias"] = np.tril(np.ones((1, 1, 16, 16), np.float32))
     return tensors
+
+
+HUB_CONFIG = {  # the fields of openai-community/gpt2's config.json, at this model's size
+    "activation_function": "gelu_new",
+    "architectures": ["GPT2LMHeadModel"],
+    "attn_pdrop": 0.1,
+    "bos_token_id": 50256,
+    "embd_pdrop": 0.1,
+    "eos_token_id": 50256,
+    "initializer_range": 0.02,
+    "layer_norm_epsilon": 1e-05,
+    "model_type": "gpt2",
+    "n_ctx": 16,
+    "n_embd": 8,
+    "n_head": 2,
+    "n_layer": 2,
+    "n_positions": 16,
+    "resid_pdrop": 0.1,
+    "summary_activation": None,
+    "summary_first_dropout": 0.1,
+    "summary_proj_to_labels": True,
+    "summary_type": "cls_index",
+    "summary_use_proj": True,
+    "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}},
+    "vocab_size": 53,
+}
+
+
+def test_a_hub_style_directory(tmp_path, params):
+    save_file(hf_tensors(params, prefixed=False), str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(HUB_CONFIG))
+    config, loaded = load(tmp_path)
+    assert config == CFG.replace(drop_rate=0.1)
+    assert_same(loaded, params)
 
 
 @pytest.mark.parametrize("prefixed", [True, False], ids=["transformer.-keys", "bare-keys"])

@@ -158,6 +158,9 @@ def fetch_once(url, part, timeout, progress):
             return total
         part.unlink()  # longer than the file on the server: a different file; start over
         raise Interrupted(f"{part}: longer than the file on the server; starting again")
+    if start not in (0, offset):
+        response.close()
+        raise Interrupted(f"{url}: asked for bytes from {offset}, the server sent from {start}")
     with response, open(part, "r+b" if part.exists() else "wb") as out:
         out.truncate(start)  # 0 when the server ignored our Range and sends the whole file
         out.seek(start)

@@ -143,6 +143,122 @@ def generate(
 # ---- download, convert, info ---------------------------------------------------------------
 
 
+WRITABLE_DTYPES = ("float32", "float16", "float64")  # what NumPy, so npgpt.save, can write
+FORMAT_NAMES = {
+    "safetensors": "safetensors (npgpt / Hugging Face)",
+    "pytorch": "pytorch_model.bin (Hugging Face, read with torch.load(weights_only=True))",
+    "openai-tf": "OpenAI TensorFlow checkpoint",
+}
+
+
+def load_or_fail(path, dtype=None):
+    """npgpt.load, with every problem turned into one line; dtype None keeps the stored one."""
+    from npgpt.checkpoint import CheckpointError
+    from npgpt.config import ConfigError
+    from npgpt.formats import detect_format, load
+
+    try:
+        kind, _ = detect_format(path)
+        config, params = load(path, dtype=dtype)
+    except (CheckpointError, ConfigError, OSError) as err:
+        fail(f"cannot load {path}: {' '.join(str(err).split())}")
+    return kind, config, params
+
+
+def size_on_disk(path):
+    """(bytes, file count) of a weights file, or of every file in a checkpoint directory."""
+    from pathlib import Path
+
+    path = Path(path)
+    files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
+    return sum(p.stat().st_size for p in files), len(files)
+
+
+def describe_dtypes(params):
+    return ", ".join(sorted({str(value.dtype) for value in params.values()}))
+
+
+@main.command()
+@click.argument("model")
+@click.option(
+    "--source",
+    type=click.Choice(["openai", "hf"]),
+    default="openai",
+    show_default=True,
+    help="openai: the original TensorFlow release; hf: Hugging Face's model.safetensors.",
+)
+@click.option("--dir", "directory", default=None, help="Default: models/MODEL[-hf].")
+@click.option("--base-url", default=None, help="A mirror with the same layout.")
+def download(model, source, directory, base_url):
+    """Fetch GPT-2 weights: MODEL is gpt2, gpt2-medium, gpt2-large or gpt2-xl. Resumes partial
+    files; files verified by an earlier run are skipped. Prints the directory."""
+    from npgpt.download import DownloadError
+    from npgpt.download import download as fetch
+
+    directory = directory or f"models/{model}" + ("-hf" if source == "hf" else "")
+    try:
+        fetch(model, directory, source=source, base_url=base_url)
+    except DownloadError as err:
+        fail(str(err))
+    click.echo(directory)
+    click.echo(f"generate with: python cli.py generate --checkpoint {directory}", err=True)
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--dtype", default=None, help="float32, float16 or float64 (default: as stored).")
+@click.option("--overwrite", is_flag=True, help="Replace a checkpoint already in DST.")
+def convert(src, dst, dtype, overwrite):
+    """Rewrite the GPT-2 weights at SRC (OpenAI TensorFlow checkpoint, Hugging Face directory or
+    file, npgpt checkpoint) as an npgpt checkpoint in DST: model.safetensors + config.json,
+    which Hugging Face transformers also reads as it is."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from npgpt.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save
+
+    if dtype == "bfloat16":
+        fail("--dtype bfloat16: NumPy has no bfloat16, so npgpt cannot write it; use float16")
+    if dtype is not None and dtype not in WRITABLE_DTYPES:
+        fail(f"--dtype {dtype}: not one npgpt writes; choose {', '.join(WRITABLE_DTYPES)}")
+    existing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if (Path(dst) / name).exists()]
+    if existing and not overwrite:
+        fail(f"{dst} already holds {' and '.join(existing)}; pass --overwrite to replace them")
+    kind, config, params = load_or_fail(src, dtype=None if dtype is None else np.dtype(dtype))
+    save(dst, config, params)
+    size, _ = size_on_disk(Path(dst) / WEIGHTS_FILE)
+    click.echo(dst)
+    click.echo(
+        f"converted {FORMAT_NAMES[kind]} -> npgpt / Hugging Face safetensors "
+        f"({describe_dtypes(params)}, {size / 1e6:.1f} MB)",
+        err=True,
+    )
+
+
+@main.command()
+@click.argument("path")
+def info(path):
+    """Describe the GPT-2 weights at PATH: format, config, parameter count, dtype, size."""
+    from npgpt.names import num_params
+
+    kind, config, params = load_or_fail(path)
+    size, n_files = size_on_disk(path)
+    fields = " ".join(
+        f"{key}={value}" for key, value in config.to_dict().items() if key != "drop_rate"
+    )
+    rows = [
+        ("format", FORMAT_NAMES[kind]),
+        ("config", fields),
+        ("parameters", f"{num_params(config):,}"),
+        ("dtype", describe_dtypes(params)),
+        ("size on disk", f"{size / 1e6:.1f} MB in {n_files} file{'s' if n_files > 1 else ''}"),
+    ]
+    for key, value in rows:
+        click.echo(f"{key:<14}{value}")
+
+
 # ---- serve ---------------------------------------------------------------------------------
 
 

@@ -209,14 +209,12 @@ def training_backend(name):
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(config_file, resume, progress, **flags):
     """Train a GPT (from scratch or --resume) on text files or the built-in corpus."""
-    from npgpt.train import TrainError, find_checkpoint, read_trainer_state, resolve_settings
+    from npgpt.train import TrainError, resolve_settings, resumed_settings
     from npgpt.train import train as run_training
 
     given = {key: value for key, value in flags.items() if value not in (None, ())}
     try:
-        resumed = None
-        if resume is not None:
-            resumed = read_trainer_state(find_checkpoint(resume))["settings"]
+        resumed = None if resume is None else resumed_settings(resume)
         settings = resolve_settings(given, config_file, resumed)
         run_training(settings, training_backend(settings.backend), resume, progress)
     except TrainError as err:

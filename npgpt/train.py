@@ -352,10 +352,18 @@ def find_checkpoint(path):
 
 
 def read_trainer_state(directory):
+    path = Path(directory) / STATE_FILE
     try:
-        return json.loads((Path(directory) / STATE_FILE).read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise TrainError(f"{directory / STATE_FILE}: unreadable trainer state ({err})") from None
+        raise TrainError(f"{path}: unreadable trainer state ({err})") from None
+
+
+def resumed_settings(path):
+    """The settings a run at `path` was saved with, its `out` set to where it now lives (so a
+    moved run directory resumes in place)."""
+    directory = find_checkpoint(path)
+    return read_trainer_state(directory)["settings"] | {"out": str(directory.parent)}
 
 
 def load_training_checkpoint(directory, config, dtype):

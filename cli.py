@@ -111,6 +111,10 @@ def generate(
         settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens, seed, tuple(stop))
     except ValueError as err:
         fail(str(err))
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as err:  # undecodable bytes on the command line
+        fail(f"--prompt is not text: character {err.start} is not valid UTF-8; pass UTF-8 text")
     config, run, description = load_generator(checkpoint, backend, device, dtype)
     prompt_ids = get_tokenizer().encode(prompt, allowed_special={"<|endoftext|>"})
     start, count = time.perf_counter(), 0
@@ -138,6 +142,181 @@ def generate(
 
 
 # ---- train, eval ---------------------------------------------------------------------------
+
+
+TRAIN_FLAGS = (  # (flag, click type, help); defaults are TrainSettings'
+    ("--preset", str, "Model size: tiny, small, gpt2, gpt2-medium, ... (npgpt.config)."),
+    ("--data", str, "Text file or glob, repeatable (default: the built-in corpus)."),
+    ("--context-length", int, "Tokens per window (default: the preset's)."),
+    ("--stride", int, "Tokens between window starts (default: context length)."),
+    ("--val-fraction", float, "Share of the tokens held out for validation."),
+    ("--batch-size", int, "Windows per micro-batch."),
+    ("--grad-accum", int, "Micro-batches per optimizer step."),
+    ("--lr", float, "Peak learning rate."),
+    ("--min-lr", float, "Learning rate at the end of the cosine decay."),
+    ("--warmup-steps", int, "Steps of linear warm-up."),
+    ("--max-steps", int, "Optimizer steps."),
+    ("--epochs", float, "Passes over the training windows (replaces --max-steps)."),
+    ("--weight-decay", float, "AdamW's decoupled weight decay (>= 2-D weights only)."),
+    ("--clip", float, "Global gradient-norm clip (0 = off)."),
+    ("--drop-rate", float, "Dropout (default: the preset's)."),
+    ("--eval-every", int, "Steps between train/validation loss evaluations."),
+    ("--eval-batches", int, "Fixed batches per evaluation."),
+    ("--sample-every", int, "Steps between samples."),
+    ("--sample-prompt", str, "Prompt of the periodic samples."),
+    ("--sample-tokens", int, "Tokens per sample (0 = no samples)."),
+    ("--save-every", int, "Steps between checkpoints (one is also written at the end)."),
+    ("--out", str, "Run directory (default: runs/<preset>)."),
+    ("--seed", int, "Seed of initialisation, data order and dropout."),
+    ("--dtype", click.Choice(["float32", "float64"]), "Parameter dtype."),
+    ("--backend", click.Choice(BACKENDS), "numpy (npgpt) or torch (torchgpt)."),
+    ("--cache-dir", str, "Token-id cache directory (default: ~/.cache/npgpt)."),
+)  # fmt: skip
+
+
+def train_options(command):
+    from npgpt.train import TrainSettings
+
+    defaults = TrainSettings()
+    for flag, kind, text in reversed(TRAIN_FLAGS):
+        default = getattr(defaults, flag[2:].replace("-", "_"))
+        shown = f" [default: {default}]" if default not in (None, ()) else ""
+        multiple = flag == "--data"
+        command = click.option(flag, type=kind, default=None, multiple=multiple, help=text + shown)(
+            command
+        )
+    return command
+
+
+def training_backend(name):
+    """The backend factory of `npgpt.train`'s interface for --backend NAME."""
+    if name == "numpy":
+        from npgpt.train import numpy_backend
+
+        return numpy_backend
+    require_torch()
+    try:
+        from torchgpt.train import make_backend
+    except ImportError:
+        fail("--backend torch: the PyTorch trainer is not available in this version; use numpy")
+    return make_backend
+
+
+@main.command()
+@train_options
+@click.option("--config", "config_file", default=None, help="TOML or JSON file of these flags.")
+@click.option("--resume", default=None, help="Continue the run in this directory.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def train(config_file, resume, progress, **flags):
+    """Train a GPT (from scratch or --resume) on text files or the built-in corpus."""
+    from npgpt.train import TrainError, resolve_settings, resumed_settings
+    from npgpt.train import train as run_training
+
+    given = {key: value for key, value in flags.items() if value not in (None, ())}
+    try:
+        resumed = None if resume is None else resumed_settings(resume)
+        settings = resolve_settings(given, config_file, resumed)
+        run_training(settings, training_backend(settings.backend), resume, progress)
+    except TrainError as err:
+        fail(str(err))
+
+
+def eval_function(params, config, backend, device, dtype):
+    """(x, y) -> mean loss, for the chosen backend."""
+    if backend == "numpy":
+        from npgpt.model import forward
+
+        return lambda x, y: float(forward(params, config, x, y)[1])
+    require_torch()
+    import torch
+
+    from torchgpt.device import resolve_device, resolve_dtype
+    from torchgpt.model import GPT
+
+    try:
+        torch_device = resolve_device(device)
+    except ValueError as err:
+        fail(str(err))
+    model = GPT.from_params(config, params, device=torch_device, dtype=resolve_dtype(dtype))
+    model.eval()
+
+    def loss(x, y):
+        with torch.no_grad():
+            as_tensor = lambda a: torch.from_numpy(a).to(torch_device)  # noqa: E731
+            return float(model(as_tensor(x), as_tensor(y))[1])
+
+    return loss
+
+
+@main.command(name="eval")
+@click.option("--checkpoint", required=True, help="Checkpoint directory or weights file.")
+@click.option("--data", multiple=True, help="Text file or glob (default: built-in validation).")
+@click.option("--val-fraction", default=0.1, show_default=True, help="Built-in corpus split.")
+@click.option("--context-length", type=int, default=None, help="Default: the model's.")
+@click.option("--stride", type=int, default=None, help="Default: the context length.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-batches", type=click.IntRange(min=1), default=None, help="Default: all.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="numpy", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="torch: auto|cpu|cuda|mps.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")
+@click.option("--cache-dir", default=None, help="Token-id cache (default: ~/.cache/npgpt).")
+def evaluate(
+    checkpoint,
+    data,
+    val_fraction,
+    context_length,
+    stride,
+    batch_size,
+    max_batches,
+    backend,
+    device,
+    dtype,
+    cache_dir,
+):
+    """Loss and perplexity of a checkpoint on text files or the built-in validation split."""
+    import math
+
+    import numpy as np
+
+    from npgpt import data as npdata
+    from npgpt.checkpoint import CheckpointError
+    from npgpt.config import ConfigError
+    from npgpt.formats import load
+
+    try:
+        config, params = load(checkpoint, dtype=np.float64 if dtype == "float64" else np.float32)
+    except FileNotFoundError as err:
+        fail(f"no checkpoint at {checkpoint}: {err}")
+    except (CheckpointError, ConfigError, OSError) as err:
+        fail(f"cannot load checkpoint {checkpoint}: {err}")
+    T = context_length or config.context_length
+    if not 0 < T <= config.context_length:
+        fail(f"--context-length must be in [1, {config.context_length}] for this model, got {T}")
+    stride = stride or T
+    if stride < 1:
+        fail(f"--stride must be >= 1, got {stride}")
+    try:
+        docs, source = npdata.load_documents(data)
+        ids = npdata.token_ids(docs, cache_dir)
+        if data:
+            if len(ids) < T + 1:
+                npdata.split(ids, T, stride, 0.5, source)  # raises the too-short error
+            windows = npdata.Windows(ids, T, stride)
+        else:
+            windows = npdata.split(ids, T, stride, val_fraction, source)[1]
+            source += " validation split"
+    except npdata.DataError as err:
+        fail(str(err))
+    loss_of = eval_function(params, config, backend, device, dtype)
+    starts = list(range(0, len(windows), batch_size))[:max_batches]
+    losses, counts = [], []
+    for start in starts:
+        indices = list(range(start, min(start + batch_size, len(windows))))
+        losses.append(loss_of(*windows.batch(indices)))
+        counts.append(len(indices))
+    loss = float(np.average(losses, weights=counts))
+    click.echo(f"loss {loss:.4f}  perplexity {math.exp(loss):.2f}")
+    click.echo(f"{sum(counts)} windows of {T} tokens from {source} ({backend}, {dtype})", err=True)
 
 
 # ---- download, convert, info ---------------------------------------------------------------

@@ -143,6 +143,19 @@ def test_eval_reports_loss_and_perplexity(files):
     assert "8 windows of 16 tokens" in result.stderr
 
 
+def test_eval_torch_backend_agrees_with_numpy(files):
+    pytest.importorskip("torch", reason="torch not installed: --backend torch needs it")
+    args = ["eval", "--checkpoint", files / "ckpt", "--data", files / "corpus.txt",
+            "--max-batches", 1, "--cache-dir", files / "cache", "--dtype", "float64"]  # fmt: skip
+    numpy_result, torch_result = invoke(*args), invoke(*args, "--backend", "torch")
+    assert torch_result.exit_code == 0, torch_result.output
+    loss_np, loss_torch = (
+        float(numpy_result.stdout.split()[1]),
+        float(torch_result.stdout.split()[1]),
+    )
+    assert loss_torch == pytest.approx(loss_np, abs=2e-4)  # both printed to 4 decimals
+
+
 def test_eval_on_the_builtin_validation_split(trained, files):
     out, _ = trained
     result = invoke("eval", "--checkpoint", out / "checkpoint", "--max-batches", 1,

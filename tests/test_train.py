@@ -37,7 +37,7 @@ def corpus(tmp_path_factory):
 def tiny_settings(corpus, out, **changes):
     values = dict(
         preset="tiny", data=[str(corpus)], context_length=16, batch_size=2, grad_accum=2,
-        max_steps=6, warmup_steps=2, lr=3e-3, drop_rate=0.1, eval_every=3, eval_batches=1,
+        max_steps=4, warmup_steps=1, lr=3e-3, drop_rate=0.1, eval_every=3, eval_batches=1,
         sample_every=3, sample_tokens=4, save_every=2, dtype="float64", out=str(out),
         cache_dir=str(Path(out).parent / "cache"),
     )  # fmt: skip
@@ -58,7 +58,7 @@ def hanging_backend(*args):
     def train_step(micro_batches, lr):
         nonlocal updates
         updates += 1
-        if updates == 5:  # mid-way: after the checkpoint of step 4, inside step 5
+        if updates == 3:  # mid-way: after the checkpoint of step 2, inside step 3
             open(marker, "w").close()
             time.sleep(600)
         return backend.train_step(micro_batches, lr)
@@ -87,7 +87,7 @@ def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
     train(straight, numpy_backend, progress=False)
 
     killed = tiny_settings(corpus, tmp_path / "killed")
-    marker = tmp_path / "in-step-5"
+    marker = tmp_path / "in-step-3"
     proc = subprocess.Popen(
         [sys.executable, "-c", KILLED_RUN, json.dumps(killed.to_dict()), str(marker)],
         cwd=ROOT,
@@ -96,22 +96,22 @@ def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
     try:
         deadline = time.monotonic() + 120
         while not marker.exists():
-            assert proc.poll() is None, "the run ended before reaching step 5"
-            assert time.monotonic() < deadline, "the run never reached step 5"
+            assert proc.poll() is None, "the run ended before reaching step 3"
+            assert time.monotonic() < deadline, "the run never reached step 3"
             time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     state = json.loads((tmp_path / "killed/checkpoint/trainer_state.json").read_text())
-    assert state["step"] == 4
-    assert [r["step"] for r in metrics.read(tmp_path / "killed/metrics.jsonl")][-1] == 4
+    assert state["step"] == 2
+    assert [r["step"] for r in metrics.read(tmp_path / "killed/metrics.jsonl")][-1] == 2
 
     resumed = resolve_settings({}, resumed=state["settings"])
     train(resumed, numpy_backend, resume=tmp_path / "killed", progress=False)
 
     params_a, moments_a, state_a = read_checkpoint(tmp_path / "straight/checkpoint")
     params_b, moments_b, state_b = read_checkpoint(tmp_path / "killed/checkpoint")
-    assert state_a["step"] == state_b["step"] == 6
+    assert state_a["step"] == state_b["step"] == 4
     assert params_a.keys() == params_b.keys() and moments_a.keys() == moments_b.keys()
     for name in params_a:
         assert params_a[name].dtype == np.float64
@@ -120,9 +120,9 @@ def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
         np.testing.assert_array_equal(moments_a[name], moments_b[name], err_msg=name)
     logged_a = deterministic(metrics.read(tmp_path / "straight/metrics.jsonl"))
     logged_b = deterministic(metrics.read(tmp_path / "killed/metrics.jsonl"))
-    assert [r["step"] for r in logged_b] == list(range(7))
+    assert [r["step"] for r in logged_b] == list(range(5))
     assert logged_a == logged_b  # every loss, lr and val loss, before and after the resume
-    assert logged_b[5]["loss"] is not None and logged_b[6]["val_loss"] is not None
+    assert logged_b[3]["val_loss"] is not None and logged_b[4]["val_loss"] is not None
     assert state_a["rng"] == state_b["rng"] and state_a["position"] == state_b["position"]
 
 

@@ -10,8 +10,20 @@ What is torch's own here, and what is npgpt's (imported, never redefined):
          newer, `torch.compile`, and DistributedDataParallel across processes.
 
 `torch.optim.AdamW` performs npgpt's AdamW update in the same order (see `npgpt.optim`), and
-its state is saved under npgpt's names (`exp_avg.<name>`, `exp_avg_sq.<name>`), so a checkpoint
-written by either backend resumes in either.
+its state is saved under npgpt's names (`exp_avg.<name>`, `exp_avg_sq.<name>`): both backends
+write the same checkpoint directory, and a numpy run can be resumed here (its dropout stream
+then starts afresh: numpy's generator state means nothing to torch).
+
+    python cli.py train --backend torch --device cuda --amp bf16 --compile ...
+    torchrun --nproc_per_node N cli.py train --backend torch ...
+
+Data parallel. Every process runs npgpt's loop in lock-step, so every one knows the global
+batch; `--batch-size` is the micro-batch of all processes together, and each takes its own
+contiguous rows of it (`npgpt.data.shard`). The same command thus trains the same model on any
+number of processes. DDP averages the gradients across processes during the backward of the
+last micro-batch of an accumulation only (`no_sync` on the others); the loss reported is the
+mean over processes. Process 0 alone logs, samples and writes checkpoints; at a checkpoint every
+process hands in its RNG state first (an all-gather), so that `--resume` restores each one's.
 """
 
 import atexit
@@ -39,7 +51,7 @@ AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def enable_tf32():
     """Let float32 matmuls and convolutions use TF32 tensor cores (Ampere and newer): 10 bits of
-    mantissa in the products, float32 accumulation; about 8x the float32 throughput."""
+    mantissa in the products, float32 accumulation; ~8x float32's throughput on an A100."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 
@@ -277,9 +289,13 @@ def backend_factory(device="auto", amp="off", attn="sdpa", compile=False):
         def eval_loss(x, y):
             model.eval()
             with autocast():
-                _, loss = model(*tensors(x, y))
+                if len(x) % ranks.world_size:  # a short last batch: every rank does it all
+                    as_tensor = lambda a: torch.from_numpy(a).to(dev)  # noqa: E731
+                    loss = model(as_tensor(x), as_tensor(y))[1].item()
+                else:
+                    loss = mean_over_ranks(model(*tensors(x, y))[1].item(), ranks, dev)
             model.train()
-            return mean_over_ranks(loss.item(), ranks, dev)
+            return loss
 
         def sample(prompt_ids, sampling):
             ids = list(generate(model, prompt_ids, sampling, amp_dtype=amp_dtype))

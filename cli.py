@@ -195,7 +195,7 @@ def training_backend(name, torch_options):
 
         given = [f"--{k}" for k, v in torch_options.items() if v != TORCH_DEFAULTS[k]]
         if given:
-            fail(f"{', '.join(given)} only apply to --backend torch")
+            fail(f"{', '.join(given)}: only for --backend torch (add --backend torch)")
         return numpy_backend
     require_torch()
     from torchgpt.train import backend_factory

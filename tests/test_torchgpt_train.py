@@ -220,3 +220,9 @@ def test_two_processes_reproduce_one(runs, corpus, tmp_path):
     params_o = checkpoint_files(runs / "torch")[0]
     for name in params_o:
         assert_close(params_d[name], params_o[name], name)
+
+
+def test_torch_only_flags_are_refused_for_the_numpy_backend():
+    result = CliRunner().invoke(cli.main, ["train", "--preset", "tiny", "--compile"])
+    assert result.exit_code == 1
+    assert "--compile: only for --backend torch" in result.output

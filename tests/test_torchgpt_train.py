@@ -52,7 +52,7 @@ def corpus(tmp_path_factory):
 def tiny_settings(corpus, out, **changes):
     values = dict(
         preset="tiny", data=[str(corpus)], context_length=16, batch_size=4, grad_accum=2,
-        max_steps=4, warmup_steps=2, lr=3e-3, clip=0.05, drop_rate=0.0, eval_every=2,
+        max_steps=4, warmup_steps=2, lr=3e-3, min_lr=3e-3, clip=0.05, drop_rate=0.0, eval_every=2,
         eval_batches=1, sample_every=4, sample_tokens=3, save_every=2, dtype="float64",
         out=str(out), cache_dir=str(Path(corpus).parent / "cache"), backend="torch",
     )  # fmt: skip
@@ -193,22 +193,24 @@ def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
 
 def test_two_processes_reproduce_one(runs, corpus, tmp_path):
     """torchrun: 2 gloo processes each take half of every micro-batch (2 of 4 rows), sync
-    gradients on the last of 2 micro-batches; the losses equal the 1-process run's."""
+    gradients on the last of 2 micro-batches; 2 steps, then --resume (every process reloads)
+    for 2 more: the losses and weights equal the uninterrupted 1-process run's. (The learning
+    rate is constant after warm-up, so stopping at step 2 changes no step's rate.)"""
     config = tmp_path / "ddp.json"
-    config.write_text(json.dumps(tiny_settings(corpus, tmp_path / "ddp").to_dict()))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    command += ["2", "cli.py", "train", "--config", config, "--device", "cpu"]
-    command += ["--no-progress"]
-    done = subprocess.run(
-        [str(c) for c in command],
-        cwd=ROOT,
-        env=os.environ | ONE_THREAD,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "2 processes (DDP)" in done.stderr
+    config.write_text(json.dumps(tiny_settings(corpus, tmp_path / "ddp", max_steps=2).to_dict()))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    torchrun += ["2", "cli.py", "train", "--device", "cpu", "--no-progress"]
+    for more in (["--config", config], ["--resume", tmp_path / "ddp", "--max-steps", 4]):
+        done = subprocess.run(
+            [str(c) for c in torchrun + more],
+            cwd=ROOT,
+            env=os.environ | ONE_THREAD,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "2 processes (DDP)" in done.stderr
     ddp_log = deterministic(metrics.read(tmp_path / "ddp/metrics.jsonl"))
     one_log = deterministic(metrics.read(runs / "torch/metrics.jsonl"))
     assert [r["step"] for r in ddp_log] == [0, 1, 2, 3, 4]  # one writer, not two

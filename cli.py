@@ -225,14 +225,12 @@ def train(config_file, resume, progress, device, amp, attn, compile_, **flags):
     """Train a GPT (from scratch or --resume) on text files or the built-in corpus.
 
     Several GPUs: torchrun --nproc_per_node N cli.py train --backend torch ..."""
-    from npgpt.train import TrainError, find_checkpoint, read_trainer_state, resolve_settings
+    from npgpt.train import TrainError, resolve_settings, resumed_settings
     from npgpt.train import train as run_training
 
     given = {key: value for key, value in flags.items() if value not in (None, ())}
     try:
-        resumed = None
-        if resume is not None:
-            resumed = read_trainer_state(find_checkpoint(resume))["settings"]
+        resumed = None if resume is None else resumed_settings(resume)
         settings = resolve_settings(given, config_file, resumed)
         torch_options = {"device": device, "amp": amp, "attn": attn, "compile": compile_}
         make_backend = training_backend(settings.backend, torch_options)

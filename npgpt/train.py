@@ -13,7 +13,7 @@ The loop, step by step (one step = one optimizer update):
 
 A run directory (`--out`):
 
-    runs/small/
+    runs/tiny/
       metrics.jsonl            one JSON line per step (metrics.py)
       loss.png                 loss against steps and tokens seen (plot.py)
       checkpoint/              replaced atomically as a whole (snapshot.py)
@@ -58,7 +58,9 @@ The backend interface. The loop never touches a tensor; it calls the plain funct
       barrier: () -> None           returns when every process has reached it
     )
 
-`numpy_backend` below is npgpt's; `torchgpt` supplies its own factory to the same `train`.
+`numpy_backend` below is npgpt's; the PyTorch twin supplies its own factory to the same `train`
+(`cli.py train --backend torch` takes it from `torchgpt.train.backend_factory`). Everything else,
+the data, schedule, metrics, plot, checkpoint files and resume, is this file's, for both.
 """
 
 import dataclasses
@@ -101,17 +103,17 @@ class TrainError(ValueError):
 class TrainSettings:
     """Every `train` flag, under its name with '_' for '-', with its default."""
 
-    preset: str = "small"
+    preset: str = "tiny"
     data: tuple[str, ...] = ()  # text files or globs; () = the built-in corpus
     context_length: int | None = None  # None: the preset's
     stride: int | None = None  # None: context_length (windows do not overlap)
     val_fraction: float = 0.1
-    batch_size: int = 8
+    batch_size: int = 16
     grad_accum: int = 1
     lr: float = 2e-3
     min_lr: float = 2e-4
     warmup_steps: int = 20
-    max_steps: int = 300
+    max_steps: int = 400
     epochs: float | None = None  # if set, replaces max_steps
     weight_decay: float = 0.1
     clip: float = 1.0
@@ -358,10 +360,18 @@ def find_checkpoint(path):
 
 
 def read_trainer_state(directory):
+    path = Path(directory) / STATE_FILE
     try:
-        return json.loads((Path(directory) / STATE_FILE).read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise TrainError(f"{directory / STATE_FILE}: unreadable trainer state ({err})") from None
+        raise TrainError(f"{path}: unreadable trainer state ({err})") from None
+
+
+def resumed_settings(path):
+    """The settings a run at `path` was saved with, its `out` set to where it now lives (so a
+    moved run directory resumes in place)."""
+    directory = find_checkpoint(path)
+    return read_trainer_state(directory)["settings"] | {"out": str(directory.parent)}
 
 
 def load_training_checkpoint(directory, config, dtype):

@@ -217,7 +217,7 @@ def test_resume_continues_from_the_checkpoint(trained, files, tmp_path):
     for name, data in tree_bytes(out / "checkpoint").items():
         (copy / "checkpoint" / name).write_bytes(data)
     (copy / "metrics.jsonl").write_bytes((out / "metrics.jsonl").read_bytes())
-    result = invoke("train", "--resume", copy, "--max-steps", 3, "--out", copy, "--no-progress")
+    result = invoke("train", "--resume", copy / "checkpoint", "--max-steps", 3, "--no-progress")
     assert result.exit_code == 0, result.output
     state = json.loads((copy / "checkpoint/trainer_state.json").read_text())
     assert state["step"] == 3 and state["settings"]["max_steps"] == 3

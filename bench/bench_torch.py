@@ -67,8 +67,11 @@ def model_flops_per_token(config, seq_len):
 
 
 def synchronize(device):
+    """Wait for the device's queued kernels: a GPU returns from a call before it has computed."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def measured_cpu_peak(dtype, size=2048, repeats=5):

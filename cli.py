@@ -188,18 +188,22 @@ def train_options(command):
     return command
 
 
-def training_backend(name):
+def training_backend(name, torch_options):
     """The backend factory of `npgpt.train`'s interface for --backend NAME."""
     if name == "numpy":
         from npgpt.train import numpy_backend
 
+        given = [f"--{k}" for k, v in torch_options.items() if v != TORCH_DEFAULTS[k]]
+        if given:
+            fail(f"{', '.join(given)}: only for --backend torch (add --backend torch)")
         return numpy_backend
     require_torch()
-    try:
-        from torchgpt.train import make_backend
-    except ImportError:
-        fail("--backend torch: the PyTorch trainer is not available in this version; use numpy")
-    return make_backend
+    from torchgpt.train import backend_factory
+
+    return backend_factory(**torch_options)
+
+
+TORCH_DEFAULTS = {"device": "auto", "amp": "off", "attn": "sdpa", "compile": False}
 
 
 @main.command()
@@ -207,8 +211,20 @@ def training_backend(name):
 @click.option("--config", "config_file", default=None, help="TOML or JSON file of these flags.")
 @click.option("--resume", default=None, help="Continue the run in this directory.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def train(config_file, resume, progress, **flags):
-    """Train a GPT (from scratch or --resume) on text files or the built-in corpus."""
+@click.option("--device", default="auto", show_default=True, help="torch: auto|cpu|cuda|mps.")
+@click.option(
+    "--amp",
+    type=click.Choice(["off", "bf16", "fp16"]),
+    default="off",
+    show_default=True,
+    help="torch: autocast matmuls to bf16/fp16 (float32 master weights; fp16 adds loss scaling).",
+)
+@click.option("--attn", type=click.Choice(["sdpa", "math"]), default="sdpa", show_default=True)
+@click.option("--compile", "compile_", is_flag=True, help="torch: torch.compile the model.")
+def train(config_file, resume, progress, device, amp, attn, compile_, **flags):
+    """Train a GPT (from scratch or --resume) on text files or the built-in corpus.
+
+    Several GPUs: torchrun --nproc_per_node N cli.py train --backend torch ..."""
     from npgpt.train import TrainError, resolve_settings, resumed_settings
     from npgpt.train import train as run_training
 
@@ -216,7 +232,9 @@ def train(config_file, resume, progress, **flags):
     try:
         resumed = None if resume is None else resumed_settings(resume)
         settings = resolve_settings(given, config_file, resumed)
-        run_training(settings, training_backend(settings.backend), resume, progress)
+        torch_options = {"device": device, "amp": amp, "attn": attn, "compile": compile_}
+        make_backend = training_backend(settings.backend, torch_options)
+        run_training(settings, make_backend, resume, progress)
     except TrainError as err:
         fail(str(err))
 

@@ -34,7 +34,9 @@ def causal_mask(t_query, t_key):
 
 
 def softmax(s):
-    e = np.exp(s - s.max(axis=-1, keepdims=True))  # shifting by the max never overflows
+    """Softmax along the last axis, computed in place in `s` (a fresh array of scores)."""
+    s -= s.max(axis=-1, keepdims=True)  # shifting by the max never overflows
+    e = np.exp(s, out=s)
     e /= e.sum(axis=-1, keepdims=True)
     return e
 
@@ -46,7 +48,7 @@ def forward(qkv, n_heads, drop_rate=0.0, drop_keep=None, past_kv=None):
         v = np.concatenate([past_kv[1], v], axis=2)
     scale = np.asarray(1.0 / np.sqrt(q.shape[-1]), dtype=qkv.dtype)
     s = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, H, T, T_key)
-    s[..., causal_mask(q.shape[2], k.shape[2])] = -np.inf
+    np.copyto(s, -np.inf, where=causal_mask(q.shape[2], k.shape[2]))  # mask broadcast over B, H
     p = softmax(s)
     p_drop, drop_cache = dropout.forward(p, drop_rate, drop_keep)
     y = merge_heads(p_drop @ v)

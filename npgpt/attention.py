@@ -11,6 +11,12 @@ Backward  dp' = dy @ v^T,  dv = p'^T @ dy,  dp = dropout backward of dp'
 With a KV cache (`past_kv`), the T new queries attend to the cached keys as well: key j is
 visible to query i when j <= i + T_past, so one formula serves training and generation.
 Backward is defined for the training case (no cache).
+
+>>> qkv = np.random.default_rng(0).standard_normal((1, 4, 6))       # B=1, T=4, C=2, 2 heads
+>>> y, _ = forward(qkv, n_heads=2)
+>>> future_changed = np.concatenate([qkv[:, :2], -qkv[:, 2:]], axis=1)
+>>> bool(np.allclose(forward(future_changed, n_heads=2)[0][:, :2], y[:, :2]))  # causal
+True
 """
 
 import numpy as np

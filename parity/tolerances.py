@@ -56,14 +56,14 @@ TOLERANCES = {
     },
 }
 MEASURED = {
-    # CPU: 1600 drawn cases (both attention paths, all scales, dropout) and the GPT-2-shaped runs
+    # CPU: 1900 drawn cases (both attention paths, all scales, dropout) and the GPT-2-shaped runs
     "float32": {
         "activation": 6.42e-6,
         "attn.probs": 6.80e-6,
         "logits": 3.38e-6,
         "loss": 4.58e-6,
-        "activation grad": 2.99e-5,
-        "param grad": 3.31e-5,
+        "activation grad": 5.05e-5,
+        "param grad": 4.03e-5,
     },
     # H100: 960 drawn cases (GPU_SCALES, emb_dim >= GPU_MIN_EMB_DIM) and the GPT-2-124M-shaped
     # and 24-layer models, the worst of both

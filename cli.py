@@ -111,6 +111,10 @@ def generate(
         settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens, seed, tuple(stop))
     except ValueError as err:
         fail(str(err))
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as err:  # undecodable bytes on the command line
+        fail(f"--prompt is not text: character {err.start} is not valid UTF-8; pass UTF-8 text")
     config, run, description = load_generator(checkpoint, backend, device, dtype)
     prompt_ids = get_tokenizer().encode(prompt, allowed_special={"<|endoftext|>"})
     start, count = time.perf_counter(), 0
@@ -140,10 +144,339 @@ def generate(
 # ---- train, eval ---------------------------------------------------------------------------
 
 
+TRAIN_FLAGS = (  # (flag, click type, help); defaults are TrainSettings'
+    ("--preset", str, "Model size: tiny, small, gpt2, gpt2-medium, ... (npgpt.config)."),
+    ("--data", str, "Text file or glob, repeatable (default: the built-in corpus)."),
+    ("--context-length", int, "Tokens per window (default: the preset's)."),
+    ("--stride", int, "Tokens between window starts (default: context length)."),
+    ("--val-fraction", float, "Share of the tokens held out for validation."),
+    ("--batch-size", int, "Windows per micro-batch."),
+    ("--grad-accum", int, "Micro-batches per optimizer step."),
+    ("--lr", float, "Peak learning rate."),
+    ("--min-lr", float, "Learning rate at the end of the cosine decay."),
+    ("--warmup-steps", int, "Steps of linear warm-up."),
+    ("--max-steps", int, "Optimizer steps."),
+    ("--epochs", float, "Passes over the training windows (replaces --max-steps)."),
+    ("--weight-decay", float, "AdamW's decoupled weight decay (>= 2-D weights only)."),
+    ("--clip", float, "Global gradient-norm clip (0 = off)."),
+    ("--drop-rate", float, "Dropout (default: the preset's)."),
+    ("--eval-every", int, "Steps between train/validation loss evaluations."),
+    ("--eval-batches", int, "Fixed batches per evaluation."),
+    ("--sample-every", int, "Steps between samples."),
+    ("--sample-prompt", str, "Prompt of the periodic samples."),
+    ("--sample-tokens", int, "Tokens per sample (0 = no samples)."),
+    ("--save-every", int, "Steps between checkpoints (one is also written at the end)."),
+    ("--out", str, "Run directory (default: runs/<preset>)."),
+    ("--seed", int, "Seed of initialisation, data order and dropout."),
+    ("--dtype", click.Choice(["float32", "float64"]), "Parameter dtype."),
+    ("--backend", click.Choice(BACKENDS), "numpy (npgpt) or torch (torchgpt)."),
+    ("--cache-dir", str, "Token-id cache directory (default: ~/.cache/npgpt)."),
+)  # fmt: skip
+
+
+def train_options(command):
+    from npgpt.train import TrainSettings
+
+    defaults = TrainSettings()
+    for flag, kind, text in reversed(TRAIN_FLAGS):
+        default = getattr(defaults, flag[2:].replace("-", "_"))
+        shown = f" [default: {default}]" if default not in (None, ()) else ""
+        multiple = flag == "--data"
+        command = click.option(flag, type=kind, default=None, multiple=multiple, help=text + shown)(
+            command
+        )
+    return command
+
+
+def training_backend(name, torch_options):
+    """The backend factory of `npgpt.train`'s interface for --backend NAME."""
+    if name == "numpy":
+        from npgpt.train import numpy_backend
+
+        given = [f"--{k}" for k, v in torch_options.items() if v != TORCH_DEFAULTS[k]]
+        if given:
+            fail(f"{', '.join(given)}: only for --backend torch (add --backend torch)")
+        return numpy_backend
+    require_torch()
+    from torchgpt.train import backend_factory
+
+    return backend_factory(**torch_options)
+
+
+TORCH_DEFAULTS = {"device": "auto", "amp": "off", "attn": "sdpa", "compile": False}
+
+
+@main.command()
+@train_options
+@click.option("--config", "config_file", default=None, help="TOML or JSON file of these flags.")
+@click.option("--resume", default=None, help="Continue the run in this directory.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="torch: auto|cpu|cuda|mps.")
+@click.option(
+    "--amp",
+    type=click.Choice(["off", "bf16", "fp16"]),
+    default="off",
+    show_default=True,
+    help="torch: autocast matmuls to bf16/fp16 (float32 master weights; fp16 adds loss scaling).",
+)
+@click.option("--attn", type=click.Choice(["sdpa", "math"]), default="sdpa", show_default=True)
+@click.option("--compile", "compile_", is_flag=True, help="torch: torch.compile the model.")
+def train(config_file, resume, progress, device, amp, attn, compile_, **flags):
+    """Train a GPT (from scratch or --resume) on text files or the built-in corpus.
+
+    Several GPUs: torchrun --nproc_per_node N cli.py train --backend torch ..."""
+    from npgpt.train import TrainError, resolve_settings, resumed_settings
+    from npgpt.train import train as run_training
+
+    given = {key: value for key, value in flags.items() if value not in (None, ())}
+    try:
+        resumed = None if resume is None else resumed_settings(resume)
+        settings = resolve_settings(given, config_file, resumed)
+        torch_options = {"device": device, "amp": amp, "attn": attn, "compile": compile_}
+        make_backend = training_backend(settings.backend, torch_options)
+        run_training(settings, make_backend, resume, progress)
+    except TrainError as err:
+        fail(str(err))
+
+
+def eval_function(params, config, backend, device, dtype):
+    """(x, y) -> mean loss, for the chosen backend."""
+    if backend == "numpy":
+        from npgpt.model import forward
+
+        return lambda x, y: float(forward(params, config, x, y)[1])
+    require_torch()
+    import torch
+
+    from torchgpt.device import resolve_device, resolve_dtype
+    from torchgpt.model import GPT
+
+    try:
+        torch_device = resolve_device(device)
+    except ValueError as err:
+        fail(str(err))
+    model = GPT.from_params(config, params, device=torch_device, dtype=resolve_dtype(dtype))
+    model.eval()
+
+    def loss(x, y):
+        with torch.no_grad():
+            as_tensor = lambda a: torch.from_numpy(a).to(torch_device)  # noqa: E731
+            return float(model(as_tensor(x), as_tensor(y))[1])
+
+    return loss
+
+
+@main.command(name="eval")
+@click.option("--checkpoint", required=True, help="Checkpoint directory or weights file.")
+@click.option("--data", multiple=True, help="Text file or glob (default: built-in validation).")
+@click.option("--val-fraction", default=0.1, show_default=True, help="Built-in corpus split.")
+@click.option("--context-length", type=int, default=None, help="Default: the model's.")
+@click.option("--stride", type=int, default=None, help="Default: the context length.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-batches", type=click.IntRange(min=1), default=None, help="Default: all.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="numpy", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="torch: auto|cpu|cuda|mps.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")
+@click.option("--cache-dir", default=None, help="Token-id cache (default: ~/.cache/npgpt).")
+def evaluate(
+    checkpoint,
+    data,
+    val_fraction,
+    context_length,
+    stride,
+    batch_size,
+    max_batches,
+    backend,
+    device,
+    dtype,
+    cache_dir,
+):
+    """Loss and perplexity of a checkpoint on text files or the built-in validation split."""
+    import math
+
+    import numpy as np
+
+    from npgpt import data as npdata
+    from npgpt.checkpoint import CheckpointError
+    from npgpt.config import ConfigError
+    from npgpt.formats import load
+
+    try:
+        config, params = load(checkpoint, dtype=np.float64 if dtype == "float64" else np.float32)
+    except FileNotFoundError as err:
+        fail(f"no checkpoint at {checkpoint}: {err}")
+    except (CheckpointError, ConfigError, OSError) as err:
+        fail(f"cannot load checkpoint {checkpoint}: {err}")
+    T = context_length or config.context_length
+    if not 0 < T <= config.context_length:
+        fail(f"--context-length must be in [1, {config.context_length}] for this model, got {T}")
+    stride = stride or T
+    if stride < 1:
+        fail(f"--stride must be >= 1, got {stride}")
+    try:
+        docs, source = npdata.load_documents(data)
+        ids = npdata.token_ids(docs, cache_dir)
+        if data:
+            if len(ids) < T + 1:
+                npdata.split(ids, T, stride, 0.5, source)  # raises the too-short error
+            windows = npdata.Windows(ids, T, stride)
+        else:
+            windows = npdata.split(ids, T, stride, val_fraction, source)[1]
+            source += " validation split"
+    except npdata.DataError as err:
+        fail(str(err))
+    loss_of = eval_function(params, config, backend, device, dtype)
+    starts = list(range(0, len(windows), batch_size))[:max_batches]
+    losses, counts = [], []
+    for start in starts:
+        indices = list(range(start, min(start + batch_size, len(windows))))
+        losses.append(loss_of(*windows.batch(indices)))
+        counts.append(len(indices))
+    loss = float(np.average(losses, weights=counts))
+    click.echo(f"loss {loss:.4f}  perplexity {math.exp(loss):.2f}")
+    click.echo(f"{sum(counts)} windows of {T} tokens from {source} ({backend}, {dtype})", err=True)
+
+
 # ---- download, convert, info ---------------------------------------------------------------
 
 
+WRITABLE_DTYPES = ("float32", "float16", "float64")  # what NumPy, so npgpt.save, can write
+FORMAT_NAMES = {
+    "safetensors": "safetensors (npgpt / Hugging Face)",
+    "pytorch": "pytorch_model.bin (Hugging Face, read with torch.load(weights_only=True))",
+    "openai-tf": "OpenAI TensorFlow checkpoint",
+}
+
+
+def load_or_fail(path, dtype=None):
+    """npgpt.load, with every problem turned into one line; dtype None keeps the stored one."""
+    from npgpt.checkpoint import CheckpointError
+    from npgpt.config import ConfigError
+    from npgpt.formats import detect_format, load
+
+    try:
+        kind, _ = detect_format(path)
+        config, params = load(path, dtype=dtype)
+    except (CheckpointError, ConfigError, OSError) as err:
+        fail(f"cannot load {path}: {' '.join(str(err).split())}")
+    return kind, config, params
+
+
+def size_on_disk(path):
+    """(bytes, file count) of a weights file, or of every file in a checkpoint directory."""
+    from pathlib import Path
+
+    path = Path(path)
+    files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
+    return sum(p.stat().st_size for p in files), len(files)
+
+
+def describe_dtypes(params):
+    return ", ".join(sorted({str(value.dtype) for value in params.values()}))
+
+
+@main.command()
+@click.argument("model")
+@click.option(
+    "--source",
+    type=click.Choice(["openai", "hf"]),
+    default="openai",
+    show_default=True,
+    help="openai: the original TensorFlow release; hf: Hugging Face's model.safetensors.",
+)
+@click.option("--dir", "directory", default=None, help="Default: models/MODEL[-hf].")
+@click.option("--base-url", default=None, help="A mirror with the same layout.")
+def download(model, source, directory, base_url):
+    """Fetch GPT-2 weights: MODEL is gpt2, gpt2-medium, gpt2-large or gpt2-xl. Resumes partial
+    files; files verified by an earlier run are skipped. Prints the directory."""
+    from npgpt.download import DownloadError
+    from npgpt.download import download as fetch
+
+    directory = directory or f"models/{model}" + ("-hf" if source == "hf" else "")
+    try:
+        fetch(model, directory, source=source, base_url=base_url)
+    except DownloadError as err:
+        fail(str(err))
+    click.echo(directory)
+    click.echo(f"generate with: python cli.py generate --checkpoint {directory}", err=True)
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--dtype", default=None, help="float32, float16 or float64 (default: as stored).")
+@click.option("--overwrite", is_flag=True, help="Replace a checkpoint already in DST.")
+def convert(src, dst, dtype, overwrite):
+    """Rewrite the GPT-2 weights at SRC (OpenAI TensorFlow checkpoint, Hugging Face directory or
+    file, npgpt checkpoint) as an npgpt checkpoint in DST: model.safetensors + config.json,
+    which Hugging Face transformers also reads as it is."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from npgpt.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save
+
+    if dtype == "bfloat16":
+        fail("--dtype bfloat16: NumPy has no bfloat16, so npgpt cannot write it; use float16")
+    if dtype is not None and dtype not in WRITABLE_DTYPES:
+        fail(f"--dtype {dtype}: not one npgpt writes; choose {', '.join(WRITABLE_DTYPES)}")
+    existing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if (Path(dst) / name).exists()]
+    if existing and not overwrite:
+        fail(f"{dst} already holds {' and '.join(existing)}; pass --overwrite to replace them")
+    kind, config, params = load_or_fail(src, dtype=None if dtype is None else np.dtype(dtype))
+    save(dst, config, params)
+    size, _ = size_on_disk(Path(dst) / WEIGHTS_FILE)
+    click.echo(dst)
+    click.echo(
+        f"converted {FORMAT_NAMES[kind]} -> npgpt / Hugging Face safetensors "
+        f"({describe_dtypes(params)}, {size / 1e6:.1f} MB)",
+        err=True,
+    )
+
+
+@main.command()
+@click.argument("path")
+def info(path):
+    """Describe the GPT-2 weights at PATH: format, config, parameter count, dtype, size."""
+    from npgpt.names import num_params
+
+    kind, config, params = load_or_fail(path)
+    size, n_files = size_on_disk(path)
+    fields = " ".join(
+        f"{key}={value}" for key, value in config.to_dict().items() if key != "drop_rate"
+    )
+    rows = [
+        ("format", FORMAT_NAMES[kind]),
+        ("config", fields),
+        ("parameters", f"{num_params(config):,}"),
+        ("dtype", describe_dtypes(params)),
+        ("size on disk", f"{size / 1e6:.1f} MB in {n_files} file{'s' if n_files > 1 else ''}"),
+    ]
+    for key, value in rows:
+        click.echo(f"{key:<14}{value}")
+
+
 # ---- serve ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--checkpoint", required=True, help="Checkpoint directory or weights file.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="numpy", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="torch: auto|cpu|cuda|mps.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 = every network.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+def serve(checkpoint, backend, device, dtype, host, port):
+    """A web page (Chainlit) where you type a prompt and watch the model answer."""
+    from webapp.serve import PortUnavailable, chainlit_package
+    from webapp.serve import serve as run_page
+
+    if chainlit_package() is None:
+        fail('serve needs Chainlit: pip install -e ".[web]"')
+    try:
+        run_page(checkpoint, backend, device, dtype, host, port)
+    except PortUnavailable as err:
+        fail(f"{err}; choose another --port")
 
 
 if __name__ == "__main__":

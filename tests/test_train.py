@@ -1,0 +1,215 @@
+"""The trainer: settings, atomic checkpoint swaps, and bit-exact resume after a SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from npgpt import metrics, snapshot
+from npgpt.data import builtin_documents
+from npgpt.train import (
+    TrainError,
+    TrainSettings,
+    numpy_backend,
+    resolve_settings,
+    total_steps,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """~25 kB of the built-in corpus as a text file: a few thousand tokens."""
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n\n".join(builtin_documents()[:6])[:25_000])
+    return path
+
+
+def tiny_settings(corpus, out, **changes):
+    values = dict(
+        preset="tiny", data=[str(corpus)], context_length=16, batch_size=2, grad_accum=2,
+        max_steps=4, warmup_steps=1, lr=3e-3, drop_rate=0.1, eval_every=3, eval_batches=1,
+        sample_every=3, sample_tokens=4, save_every=2, dtype="float64", out=str(out),
+        cache_dir=str(Path(out).parent / "cache"),
+    )  # fmt: skip
+    return resolve_settings(values | changes)
+
+
+KILLED_RUN = """
+import json, os, sys, time
+from npgpt.train import numpy_backend, resolve_settings, train
+
+settings = resolve_settings(json.loads(sys.argv[1]))
+marker = sys.argv[2]
+
+def hanging_backend(*args):
+    backend = numpy_backend(*args)
+    updates = args[4]
+
+    def train_step(micro_batches, lr):
+        nonlocal updates
+        updates += 1
+        if updates == 3:  # mid-way: after the checkpoint of step 2, inside step 3
+            open(marker, "w").close()
+            time.sleep(600)
+        return backend.train_step(micro_batches, lr)
+
+    return backend.__class__(train_step, *[getattr(backend, f) for f in
+                             ("eval_loss", "sample", "state", "description")])
+
+train(settings, hanging_backend, progress=False)
+"""
+
+
+def read_checkpoint(directory):
+    return (
+        load_file(str(directory / "model.safetensors")),
+        load_file(str(directory / "optimizer.safetensors")),
+        json.loads((directory / "trainer_state.json").read_text()),
+    )
+
+
+def deterministic(records):
+    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]
+
+
+def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
+    straight = tiny_settings(corpus, tmp_path / "straight")
+    train(straight, numpy_backend, progress=False)
+
+    killed = tiny_settings(corpus, tmp_path / "killed")
+    marker = tmp_path / "in-step-3"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, json.dumps(killed.to_dict()), str(marker)],
+        cwd=ROOT,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "the run ended before reaching step 3"
+            assert time.monotonic() < deadline, "the run never reached step 3"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    state = json.loads((tmp_path / "killed/checkpoint/trainer_state.json").read_text())
+    assert state["step"] == 2
+    assert [r["step"] for r in metrics.read(tmp_path / "killed/metrics.jsonl")][-1] == 2
+
+    resumed = resolve_settings({}, resumed=state["settings"])
+    train(resumed, numpy_backend, resume=tmp_path / "killed", progress=False)
+
+    params_a, moments_a, state_a = read_checkpoint(tmp_path / "straight/checkpoint")
+    params_b, moments_b, state_b = read_checkpoint(tmp_path / "killed/checkpoint")
+    assert state_a["step"] == state_b["step"] == 4
+    assert params_a.keys() == params_b.keys() and moments_a.keys() == moments_b.keys()
+    for name in params_a:
+        assert params_a[name].dtype == np.float64
+        np.testing.assert_array_equal(params_a[name], params_b[name], err_msg=name)
+    for name in moments_a:
+        np.testing.assert_array_equal(moments_a[name], moments_b[name], err_msg=name)
+    logged_a = deterministic(metrics.read(tmp_path / "straight/metrics.jsonl"))
+    logged_b = deterministic(metrics.read(tmp_path / "killed/metrics.jsonl"))
+    assert [r["step"] for r in logged_b] == list(range(5))
+    assert logged_a == logged_b  # every loss, lr and val loss, before and after the resume
+    assert logged_b[3]["val_loss"] is not None and logged_b[4]["val_loss"] is not None
+    assert state_a["rng"] == state_b["rng"] and state_a["position"] == state_b["position"]
+
+
+def test_settings_defaults_config_file_and_command_line(tmp_path):
+    assert resolve_settings() == TrainSettings()
+    toml = tmp_path / "run.toml"
+    toml.write_text('preset = "tiny"\nmax-steps = 7\nlr = 1\ndata = "a.txt"\n')
+    s = resolve_settings({"max_steps": 9}, config_file=toml)
+    assert (s.preset, s.max_steps, s.lr, s.data) == ("tiny", 9, 1.0, ("a.txt",))
+    assert isinstance(s.lr, float)
+    as_json = tmp_path / "run.json"
+    as_json.write_text(json.dumps(s.to_dict()))
+    assert resolve_settings(config_file=as_json) == s  # train_config.json reproduces a run
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [
+        ('{"bogus": 1}', "unknown setting(s) bogus"),
+        ('{"max_steps": "ten"}', "max_steps = 'ten' should be of type int"),
+        ('{"batch_size": true}', "batch_size = True should be"),
+        ('{"lr": 0.1, "min_lr": 0.5}', "--min-lr must be in [0, --lr = 0.1]"),
+        ('{"context_length": 0}', "--context-length must be > 0"),
+        ("[1, 2]", "expected a table of settings"),
+        ("{not json", "not valid JSON"),
+    ],
+)
+def test_bad_config_files_name_the_file_and_key(tmp_path, text, phrase):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(TrainError) as err:
+        resolve_settings(config_file=path)
+    assert phrase in str(err.value)
+
+
+def test_a_resumed_run_keeps_its_model_and_data():
+    saved = TrainSettings(preset="tiny", max_steps=10).to_dict()
+    assert resolve_settings({"max_steps": 20}, resumed=saved).max_steps == 20
+    assert resolve_settings({"preset": "tiny"}, resumed=saved).preset == "tiny"
+    with pytest.raises(TrainError, match="seed = 3 differs from the resumed run's 0"):
+        resolve_settings({"seed": 3}, resumed=saved)
+
+
+def make_dir(path, content):
+    path.mkdir()
+    (path / "file").write_text(content)
+
+
+def test_snapshot_swap_replaces_the_whole_directory(tmp_path):
+    target = tmp_path / "checkpoint"
+    snapshot.write_directory(target, lambda d: (d / "a").write_text("1"))
+    snapshot.write_directory(target, lambda d: (d / "b").write_text("2"))
+    assert [p.name for p in target.iterdir()] == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_snapshot_failed_write_keeps_the_previous_directory(tmp_path):
+    target = tmp_path / "checkpoint"
+    snapshot.write_directory(target, lambda d: (d / "a").write_text("1"))
+
+    def crash(d):
+        (d / "a").write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        snapshot.write_directory(target, crash)
+    assert (target / "a").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+@pytest.mark.parametrize(
+    ("left", "expected"),
+    [
+        ({".checkpoint.tmp-x": "new, torn", "checkpoint": "old"}, "old"),  # killed in step 1
+        ({"checkpoint.old": "old"}, "old"),  # killed between the renames
+        ({"checkpoint.old": "old", "checkpoint": "new"}, "new"),  # killed while deleting
+    ],
+)
+def test_snapshot_recover_finds_the_complete_directory(tmp_path, left, expected):
+    for name, content in left.items():
+        make_dir(tmp_path / name, content)
+    snapshot.recover(tmp_path / "checkpoint")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    assert (tmp_path / "checkpoint/file").read_text() == expected
+
+
+def test_epochs_set_the_number_of_steps():
+    assert total_steps(TrainSettings(max_steps=7), 1000) == 7
+    settings = TrainSettings(epochs=1.5, batch_size=4, grad_accum=2, max_steps=7)
+    assert total_steps(settings, 100) == 19  # ceil(1.5 * 100 / 8)

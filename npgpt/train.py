@@ -110,7 +110,7 @@ class TrainSettings:
     lr: float = 2e-3
     min_lr: float = 2e-4
     warmup_steps: int = 20
-    max_steps: int = 400
+    max_steps: int = 300
     epochs: float | None = None  # if set, replaces max_steps
     weight_decay: float = 0.1
     clip: float = 1.0

@@ -213,6 +213,9 @@ def resolve_settings(cli=None, config_file=None, resumed=None):
                         f"{resumed.get(key)!r}; a resumed run keeps it (start a new --out instead)"
                     )
             merged[key] = value
+    given = {key for _, values in sources[1:] for key, value in values.items() if value is not None}
+    if {"max_steps", "epochs"} <= given:
+        raise TrainError("give --max-steps or --epochs, not both: each sets the run's length")
     settings = TrainSettings(**merged)
     check_settings(settings)
     return settings

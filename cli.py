@@ -188,18 +188,22 @@ def train_options(command):
     return command
 
 
-def training_backend(name):
+def training_backend(name, torch_options):
     """The backend factory of `npgpt.train`'s interface for --backend NAME."""
     if name == "numpy":
         from npgpt.train import numpy_backend
 
+        given = [f"--{k}" for k, v in torch_options.items() if v != TORCH_DEFAULTS[k]]
+        if given:
+            fail(f"{', '.join(given)}: only for --backend torch (add --backend torch)")
         return numpy_backend
     require_torch()
-    try:
-        from torchgpt.train import make_backend
-    except ImportError:
-        fail("--backend torch: the PyTorch trainer is not available in this version; use numpy")
-    return make_backend
+    from torchgpt.train import backend_factory
+
+    return backend_factory(**torch_options)
+
+
+TORCH_DEFAULTS = {"device": "auto", "amp": "off", "attn": "sdpa", "compile": False}
 
 
 @main.command()
@@ -207,8 +211,20 @@ def training_backend(name):
 @click.option("--config", "config_file", default=None, help="TOML or JSON file of these flags.")
 @click.option("--resume", default=None, help="Continue the run in this directory.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def train(config_file, resume, progress, **flags):
-    """Train a GPT (from scratch or --resume) on text files or the built-in corpus."""
+@click.option("--device", default="auto", show_default=True, help="torch: auto|cpu|cuda|mps.")
+@click.option(
+    "--amp",
+    type=click.Choice(["off", "bf16", "fp16"]),
+    default="off",
+    show_default=True,
+    help="torch: autocast matmuls to bf16/fp16 (float32 master weights; fp16 adds loss scaling).",
+)
+@click.option("--attn", type=click.Choice(["sdpa", "math"]), default="sdpa", show_default=True)
+@click.option("--compile", "compile_", is_flag=True, help="torch: torch.compile the model.")
+def train(config_file, resume, progress, device, amp, attn, compile_, **flags):
+    """Train a GPT (from scratch or --resume) on text files or the built-in corpus.
+
+    Several GPUs: torchrun --nproc_per_node N cli.py train --backend torch ..."""
     from npgpt.train import TrainError, resolve_settings, resumed_settings
     from npgpt.train import train as run_training
 
@@ -216,7 +232,9 @@ def train(config_file, resume, progress, **flags):
     try:
         resumed = None if resume is None else resumed_settings(resume)
         settings = resolve_settings(given, config_file, resumed)
-        run_training(settings, training_backend(settings.backend), resume, progress)
+        torch_options = {"device": device, "amp": amp, "attn": attn, "compile": compile_}
+        make_backend = training_backend(settings.backend, torch_options)
+        run_training(settings, make_backend, resume, progress)
     except TrainError as err:
         fail(str(err))
 
@@ -322,7 +340,143 @@ def evaluate(
 # ---- download, convert, info ---------------------------------------------------------------
 
 
+WRITABLE_DTYPES = ("float32", "float16", "float64")  # what NumPy, so npgpt.save, can write
+FORMAT_NAMES = {
+    "safetensors": "safetensors (npgpt / Hugging Face)",
+    "pytorch": "pytorch_model.bin (Hugging Face, read with torch.load(weights_only=True))",
+    "openai-tf": "OpenAI TensorFlow checkpoint",
+}
+
+
+def load_or_fail(path, dtype=None):
+    """npgpt.load, with every problem turned into one line; dtype None keeps the stored one."""
+    from npgpt.checkpoint import CheckpointError
+    from npgpt.config import ConfigError
+    from npgpt.formats import detect_format, load
+
+    try:
+        kind, _ = detect_format(path)
+        config, params = load(path, dtype=dtype)
+    except (CheckpointError, ConfigError, OSError) as err:
+        fail(f"cannot load {path}: {' '.join(str(err).split())}")
+    return kind, config, params
+
+
+def size_on_disk(path):
+    """(bytes, file count) of a weights file, or of every file in a checkpoint directory."""
+    from pathlib import Path
+
+    path = Path(path)
+    files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
+    return sum(p.stat().st_size for p in files), len(files)
+
+
+def describe_dtypes(params):
+    return ", ".join(sorted({str(value.dtype) for value in params.values()}))
+
+
+@main.command()
+@click.argument("model")
+@click.option(
+    "--source",
+    type=click.Choice(["openai", "hf"]),
+    default="openai",
+    show_default=True,
+    help="openai: the original TensorFlow release; hf: Hugging Face's model.safetensors.",
+)
+@click.option("--dir", "directory", default=None, help="Default: models/MODEL[-hf].")
+@click.option("--base-url", default=None, help="A mirror with the same layout.")
+def download(model, source, directory, base_url):
+    """Fetch GPT-2 weights: MODEL is gpt2, gpt2-medium, gpt2-large or gpt2-xl. Resumes partial
+    files; files verified by an earlier run are skipped. Prints the directory."""
+    from npgpt.download import DownloadError
+    from npgpt.download import download as fetch
+
+    directory = directory or f"models/{model}" + ("-hf" if source == "hf" else "")
+    try:
+        fetch(model, directory, source=source, base_url=base_url)
+    except DownloadError as err:
+        fail(str(err))
+    click.echo(directory)
+    click.echo(f"generate with: python cli.py generate --checkpoint {directory}", err=True)
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--dtype", default=None, help="float32, float16 or float64 (default: as stored).")
+@click.option("--overwrite", is_flag=True, help="Replace a checkpoint already in DST.")
+def convert(src, dst, dtype, overwrite):
+    """Rewrite the GPT-2 weights at SRC (OpenAI TensorFlow checkpoint, Hugging Face directory or
+    file, npgpt checkpoint) as an npgpt checkpoint in DST: model.safetensors + config.json,
+    which Hugging Face transformers also reads as it is."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from npgpt.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save
+
+    if dtype == "bfloat16":
+        fail("--dtype bfloat16: NumPy has no bfloat16, so npgpt cannot write it; use float16")
+    if dtype is not None and dtype not in WRITABLE_DTYPES:
+        fail(f"--dtype {dtype}: not one npgpt writes; choose {', '.join(WRITABLE_DTYPES)}")
+    existing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if (Path(dst) / name).exists()]
+    if existing and not overwrite:
+        fail(f"{dst} already holds {' and '.join(existing)}; pass --overwrite to replace them")
+    kind, config, params = load_or_fail(src, dtype=None if dtype is None else np.dtype(dtype))
+    save(dst, config, params)
+    size, _ = size_on_disk(Path(dst) / WEIGHTS_FILE)
+    click.echo(dst)
+    click.echo(
+        f"converted {FORMAT_NAMES[kind]} -> npgpt / Hugging Face safetensors "
+        f"({describe_dtypes(params)}, {size / 1e6:.1f} MB)",
+        err=True,
+    )
+
+
+@main.command()
+@click.argument("path")
+def info(path):
+    """Describe the GPT-2 weights at PATH: format, config, parameter count, dtype, size."""
+    from npgpt.names import num_params
+
+    kind, config, params = load_or_fail(path)
+    size, n_files = size_on_disk(path)
+    fields = " ".join(
+        f"{key}={value}" for key, value in config.to_dict().items() if key != "drop_rate"
+    )
+    rows = [
+        ("format", FORMAT_NAMES[kind]),
+        ("config", fields),
+        ("parameters", f"{num_params(config):,}"),
+        ("dtype", describe_dtypes(params)),
+        ("size on disk", f"{size / 1e6:.1f} MB in {n_files} file{'s' if n_files > 1 else ''}"),
+    ]
+    for key, value in rows:
+        click.echo(f"{key:<14}{value}")
+
+
 # ---- serve ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--checkpoint", required=True, help="Checkpoint directory or weights file.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="numpy", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="torch: auto|cpu|cuda|mps.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 = every network.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+def serve(checkpoint, backend, device, dtype, host, port):
+    """A web page (Chainlit) where you type a prompt and watch the model answer."""
+    from webapp.serve import PortUnavailable, chainlit_package
+    from webapp.serve import serve as run_page
+
+    if chainlit_package() is None:
+        fail('serve needs Chainlit: pip install -e ".[web]"')
+    try:
+        run_page(checkpoint, backend, device, dtype, host, port)
+    except PortUnavailable as err:
+        fail(f"{err}; choose another --port")
 
 
 if __name__ == "__main__":

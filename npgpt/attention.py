@@ -11,6 +11,12 @@ Backward  dp' = dy @ v^T,  dv = p'^T @ dy,  dp = dropout backward of dp'
 With a KV cache (`past_kv`), the T new queries attend to the cached keys as well: key j is
 visible to query i when j <= i + T_past, so one formula serves training and generation.
 Backward is defined for the training case (no cache).
+
+>>> qkv = np.random.default_rng(0).standard_normal((1, 4, 6))       # B=1, T=4, C=2, 2 heads
+>>> y, _ = forward(qkv, n_heads=2)
+>>> future_changed = np.concatenate([qkv[:, :2], -qkv[:, 2:]], axis=1)
+>>> bool(np.allclose(forward(future_changed, n_heads=2)[0][:, :2], y[:, :2]))  # causal
+True
 """
 
 import numpy as np
@@ -34,7 +40,9 @@ def causal_mask(t_query, t_key):
 
 
 def softmax(s):
-    e = np.exp(s - s.max(axis=-1, keepdims=True))  # shifting by the max never overflows
+    """Softmax along the last axis, computed in place in `s` (a fresh array of scores)."""
+    s -= s.max(axis=-1, keepdims=True)  # shifting by the max never overflows
+    e = np.exp(s, out=s)
     e /= e.sum(axis=-1, keepdims=True)
     return e
 
@@ -46,7 +54,7 @@ def forward(qkv, n_heads, drop_rate=0.0, drop_keep=None, past_kv=None):
         v = np.concatenate([past_kv[1], v], axis=2)
     scale = np.asarray(1.0 / np.sqrt(q.shape[-1]), dtype=qkv.dtype)
     s = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, H, T, T_key)
-    s[..., causal_mask(q.shape[2], k.shape[2])] = -np.inf
+    np.copyto(s, -np.inf, where=causal_mask(q.shape[2], k.shape[2]))  # mask broadcast over B, H
     p = softmax(s)
     p_drop, drop_cache = dropout.forward(p, drop_rate, drop_keep)
     y = merge_heads(p_drop @ v)

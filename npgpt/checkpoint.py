@@ -116,7 +116,7 @@ def hf_tensors_to_params(tensors, source):
 
 def read_safetensors(path):
     try:
-        return load_file(path)
+        tensors = load_file(path)
     except (SafetensorError, OSError) as err:
         raise CheckpointError(
             f"{path}: not a readable safetensors file ({err}); it may be truncated or corrupt"
@@ -126,6 +126,15 @@ def read_safetensors(path):
             f"{path}: holds a tensor whose dtype NumPy cannot represent ({err}); "
             f"re-save the weights as float32 or float16"
         ) from None
+    # once TensorFlow or JAX has imported ml_dtypes, safetensors hands out bfloat16 arrays
+    # instead of failing; refuse them the same way, so the outcome never depends on imports
+    odd = [f"{name}: {value.dtype}" for name, value in tensors.items() if value.dtype.kind == "V"]
+    if odd:
+        raise CheckpointError(
+            f"{path}: holds a tensor whose dtype NumPy cannot represent ({'; '.join(odd[:5])}); "
+            f"re-save the weights as float32 or float16"
+        )
+    return tensors
 
 
 def check_floating(params, source):

@@ -34,6 +34,9 @@ True
 True
 """
 
+import functools
+import operator
+
 import numpy as np
 
 POLY = 0x82F63B78
@@ -78,28 +81,42 @@ def apply(matrix, reg):
     return out
 
 
-def apply_bytewise(matrix, regs):
-    """`apply` for many registers: split each into bytes and look up the matrix's effect on
-    each byte position (4 lookups, not 32 masked XORs)."""
+@functools.cache
+def zeros_power(k):
+    """The matrix that pushes 2**k zero bytes through the register (cached: every CRC needs
+    the same few, and building one costs 32 matrix-vector products)."""
+    if k == 0:
+        columns = np.array([1 << bit for bit in range(32)], dtype=np.uint32)
+        return TABLE[columns & 0xFF] ^ (columns >> np.uint32(8))
+    half = zeros_power(k - 1)
+    return apply(half, half)
+
+
+@functools.cache
+def byte_position_tables(k):
+    """zeros_power(k)'s effect on each byte position of the register: 4 tables of 256."""
     byte = np.arange(256, dtype=np.uint32)
+    return [apply(zeros_power(k), byte << np.uint32(8 * pos)) for pos in range(4)]
+
+
+def advance_many(regs, k):
+    """Many registers each pushed through 2**k zero bytes: split each into bytes and look up
+    the matrix's effect on each byte position (4 lookups, not 32 masked XORs)."""
     out = np.zeros_like(regs)
-    for k in range(4):
-        table = apply(matrix, byte << np.uint32(8 * k))
-        out ^= np.take(table, (regs >> np.uint32(8 * k)) & np.uint32(0xFF))
+    for pos, table in enumerate(byte_position_tables(k)):
+        out ^= np.take(table, (regs >> np.uint32(8 * pos)) & np.uint32(0xFF))
     return out
 
 
-def zeros_operator(n):
-    """The matrix that pushes n zero bytes through the register, by repeated squaring."""
-    columns = np.array([1 << bit for bit in range(32)], dtype=np.uint32)
-    power = TABLE[columns & 0xFF] ^ (columns >> np.uint32(8))  # one zero byte
-    result = columns  # the identity
-    while n:
-        if n & 1:
-            result = apply(power, result)
-        power = apply(power, power)
-        n >>= 1
-    return result
+def advance(reg, n):
+    """One register value pushed through n zero bytes (plain ints: cheaper than a matrix)."""
+    for k in range(n.bit_length()):
+        if n >> k & 1:
+            columns = zeros_power(k).tolist()
+            reg = functools.reduce(
+                operator.xor, (columns[bit] for bit in range(32) if reg >> bit & 1), 0
+            )
+    return reg
 
 
 def raw_crc_rows(rows):
@@ -125,10 +142,10 @@ def raw_crc(data):
     regs = np.concatenate(regs)
     count = 1 << (len(regs) - 1).bit_length()
     regs = np.concatenate([np.zeros(count - len(regs), dtype=np.uint32), regs])
-    row_len = ROW_BYTES
+    k = ROW_BYTES.bit_length() - 1  # rows are 2**k bytes long, and double at each merge
     while len(regs) > 1:
-        regs = apply_bytewise(zeros_operator(row_len), regs[0::2]) ^ regs[1::2]
-        row_len *= 2
+        regs = advance_many(regs[0::2], k) ^ regs[1::2]
+        k += 1
     return regs[0]
 
 
@@ -141,8 +158,7 @@ def as_bytes(data):
 def crc32c(data):
     """CRC-32C of bytes, or of a NumPy array's raw bytes in C order."""
     data = as_bytes(data)
-    start = apply(zeros_operator(len(data)), np.uint32(0xFFFFFFFF))
-    return int(start ^ raw_crc(data) ^ np.uint32(0xFFFFFFFF))
+    return advance(0xFFFFFFFF, len(data)) ^ int(raw_crc(data)) ^ 0xFFFFFFFF
 
 
 def mask(crc):

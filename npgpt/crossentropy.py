@@ -33,20 +33,21 @@ def forward(logits, targets):
         raise ValueError("every target is -100 (ignored): the mean loss has no terms")
     if (y[valid] < 0).any() or (y[valid] >= V).any():
         raise ValueError(f"targets must be in [0, {V}) or {IGNORE_INDEX}")
-    shifted = z - z.max(axis=-1, keepdims=True)
     rows = np.nonzero(valid)[0]
-    target_shifted = shifted[rows, y[rows]]
-    probs = np.exp(shifted, out=shifted)  # reuse the buffer: (N_all, V)
-    sum_exp = probs.sum(axis=-1, keepdims=True)
-    loss = -(target_shifted - np.log(sum_exp[rows, 0])).sum() / n_valid
-    probs /= sum_exp
-    return loss.astype(logits.dtype), (probs, valid, rows, y[rows], n_valid, logits.shape)
+    e = z - z.max(axis=-1, keepdims=True)  # shifted logits, (N_all, V)
+    target_shifted = e[rows, y[rows]]
+    np.exp(e, out=e)  # exp(z - max z), in the same buffer: the largest array of the model
+    sum_exp = e.sum(axis=-1)  # (N_all,)
+    loss = -(target_shifted - np.log(sum_exp[rows])).sum() / n_valid
+    return loss.astype(logits.dtype), (e, sum_exp, valid, rows, y[rows], n_valid, logits.shape)
 
 
 def backward(dloss, cache):
-    probs, valid, rows, y_rows, n_valid, shape = cache
-    scale = np.asarray(dloss / n_valid, dtype=probs.dtype)
-    dz = probs * scale
-    dz[~valid] = 0.0
+    e, sum_exp, valid, rows, y_rows, n_valid, shape = cache
+    scale = np.asarray(dloss / n_valid, dtype=e.dtype)
+    # softmax = e / sum_exp: one factor per row folds in the normalisation, dloss / N and the
+    # ignored rows (factor 0), so the (N_all, V) gradient is written in a single pass.
+    row_factor = np.where(valid, scale / sum_exp, 0).astype(e.dtype)
+    dz = e * row_factor[:, None]
     dz[rows, y_rows] -= scale
     return dz.reshape(shape)

@@ -1,8 +1,9 @@
 """Dropout ("inverted"): zero each element with probability p, scale the survivors by 1/(1-p)
 so that the expected output equals the input and nothing changes at inference.
 
-Forward   y = x * keep / (1 - p)          keep: boolean, same shape as x, True with prob. 1 - p
+Forward   y = x * keep / (1 - p)          keep: boolean, True with probability 1 - p
 Backward  y is linear in x with the same fixed factor, so dx = dy * keep / (1 - p)
+Shapes    x, keep, y, dx all alike: (B, T, C) on the residual stream, (B, H, T, T) on attention
 The mask is an input, not hidden state: draw it with `make_mask(rng, ...)` or pass your own, so
 another implementation (the PyTorch twin, the parity suite) can be fed the very same mask.
 `keep=None` means no dropout (evaluation, or p = 0).

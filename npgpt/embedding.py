@@ -7,6 +7,8 @@ Backward  x is a sum of two gathered rows, so each row's gradient is the sum of 
           dwte[v]      = sum of dx[b, t] over all (b, t) with idx[b, t] = v
           dwpe[t0 + t] = sum over b of dx[b, t]
 `t0` is the position of the first token: 0 in training, the cached length when generating.
+GPT-2's LM head reuses wte, so wte has a second gradient; pass it as `dwte` and the rows are
+added into it in place, instead of into a fresh (V, C) array that then has to be added.
 
 >>> import numpy as np
 >>> wte, wpe = np.eye(3), 10 * np.eye(3)
@@ -28,11 +30,12 @@ def forward(idx, wte, wpe, t0=0):
     return x, (idx, wte.shape, wpe.shape, t0)
 
 
-def backward(dx, cache):
+def backward(dx, cache, dwte=None):
     idx, wte_shape, wpe_shape, t0 = cache
     C = dx.shape[-1]
-    dwte = np.zeros(wte_shape, dtype=dx.dtype)
-    np.add.at(dwte, idx.reshape(-1), dx.reshape(-1, C))
+    if dwte is None:
+        dwte = np.zeros(wte_shape, dtype=dx.dtype)
+    np.add.at(dwte, idx.reshape(-1), dx.reshape(-1, C))  # repeated ids add up, unlike dwte[idx] +=
     dwpe = np.zeros(wpe_shape, dtype=dx.dtype)
     dwpe[t0 : t0 + idx.shape[1]] = dx.sum(axis=0)
     return dwte, dwpe

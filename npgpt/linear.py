@@ -6,6 +6,8 @@ Backward  y_j = sum_i x_i w_ij + b_j, so dy_j/dx_i = w_ij, dy_j/dw_ij = x_i, dy_
           dw = x.T @ dy                  summed over every leading (batch, time) position
           db = sum of dy over leading positions
 OpenAI's checkpoints store w as (C_in, C_out); `torch.nn.Linear` stores its transpose.
+Every leading position is one row of a single (N, C_in) matrix, N = B * T, so each product is
+one large BLAS call (a 3-D @ 2-D matmul would be B separate, smaller ones).
 
 >>> import numpy as np
 >>> y, cache = forward(np.ones((2, 3)), np.ones((3, 4)), np.zeros(4))
@@ -18,17 +20,18 @@ OpenAI's checkpoints store w as (C_in, C_out); `torch.nn.Linear` stores its tran
 
 
 def forward(x, w, b=None):
-    y = x @ w
+    x_2d = x.reshape(-1, x.shape[-1])  # (N, C_in)
+    y = x_2d @ w  # (N, C_out)
     if b is not None:
         y += b
-    return y, (x, w, b is not None)
+    return y.reshape(*x.shape[:-1], w.shape[1]), (x, w, b is not None)
 
 
 def backward(dy, cache):
     x, w, has_bias = cache
-    dy_2d = dy.reshape(-1, dy.shape[-1])  # (N, C_out), N = every leading position
+    dy_2d = dy.reshape(-1, dy.shape[-1])  # (N, C_out)
     x_2d = x.reshape(-1, x.shape[-1])  # (N, C_in)
-    dx = dy @ w.T
-    dw = x_2d.T @ dy_2d
+    dx = (dy_2d @ w.T).reshape(x.shape)
+    dw = x_2d.T @ dy_2d  # (C_in, C_out)
     db = dy_2d.sum(axis=0) if has_bias else None
     return dx, dw, db

@@ -8,7 +8,8 @@
 `forward` keeps every intermediate in `cache`, under the canonical names of `npgpt.names`
 (`cache["activations"]`); `backward(cache)` walks the same steps in reverse and returns one
 gradient per parameter, and leaves the gradient of every named activation in
-`cache["activation_grads"]`. The head reuses wte, so wte's gradient is the sum of two paths.
+`cache["activation_grads"]`. The head reuses wte, so wte's gradient is the sum of two paths:
+the head's, dlogits^T @ ln_f (V, C), into which the embedding's backward adds its rows.
 
 >>> import numpy as np
 >>> from npgpt.config import GPTConfig
@@ -124,7 +125,7 @@ def forward(
     acts["ln_f"], ln_f_cache = layernorm.forward(
         x, params["ln_f.weight"], params["ln_f.bias"], config.ln_eps
     )
-    acts["logits"], head_cache = linear.forward(acts["ln_f"], params["wte.weight"].T)
+    acts["logits"], _ = linear.forward(acts["ln_f"], params["wte.weight"].T)  # tied head
 
     loss = ce_cache = None
     if targets is not None:
@@ -135,7 +136,7 @@ def forward(
         emb_drop=emb_drop_cache,
         blocks=blocks,
         ln_f=ln_f_cache,
-        head=head_cache,
+        wte=params["wte.weight"],
         ce=ce_cache,
         activations=acts,
         present_kv=present_kv,
@@ -151,7 +152,13 @@ def backward(cache):
     config = cache["config"]
     grads, d = {}, {}
     d["logits"] = crossentropy.backward(1.0, cache["ce"])
-    d["ln_f"], dwte_head_t, _ = linear.backward(d["logits"], cache["head"])
+    # The tied head, logits = ln_f @ wte^T, by hand: linear.backward would give the weight's
+    # gradient as (C, V), wte^T's layout, and adding that into wte's (V, C) is a slow strided pass.
+    wte, ln_f = cache["wte"], cache["activations"]["ln_f"]
+    V, C = wte.shape
+    dlogits_2d = d["logits"].reshape(-1, V)  # (N, V)
+    d["ln_f"] = (dlogits_2d @ wte).reshape(ln_f.shape)  # (B, T, C)
+    dwte = dlogits_2d.T @ ln_f.reshape(-1, C)  # (V, C): the head's share of wte's gradient
     dx, grads["ln_f.weight"], grads["ln_f.bias"] = layernorm.backward(d["ln_f"], cache["ln_f"])
     for i in reversed(range(config.n_layers)):
         dx, block_grads, block_act_grads = block.backward(dx, cache["blocks"][i])
@@ -159,7 +166,6 @@ def backward(cache):
         d |= {f"h.{i}.{name}": g for name, g in block_act_grads.items()}
     d["emb"] = dx
     demb = dropout.backward(dx, cache["emb_drop"])
-    dwte_emb, grads["wpe.weight"] = embedding.backward(demb, cache["emb"])
-    grads["wte.weight"] = dwte_emb + dwte_head_t.T
+    grads["wte.weight"], grads["wpe.weight"] = embedding.backward(demb, cache["emb"], dwte)
     cache["activation_grads"] = d
     return {name: grads[name] for name in param_shapes(config)}

@@ -131,10 +131,13 @@ def read_with_tensorflow(prefix):
     try:
         reader = tf.train.load_checkpoint(str(prefix))
         return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
-    except (tf.errors.OpError, ValueError) as err:
+    # TensorFlow's checkpoint reader turns C++ errors into OpError, ValueError (bad argument)
+    # or IndexError ("Read less bytes than requested": a truncated shard)
+    except (tf.errors.OpError, ValueError, IndexError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"{prefix}: TensorFlow cannot read this checkpoint: {message}"
+            f"{prefix}: TensorFlow cannot read this checkpoint: {message}; the files may be "
+            f"truncated or corrupt (download them again)"
         ) from None
 
 

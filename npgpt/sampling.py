@@ -52,6 +52,8 @@ def candidate_probs(logits, settings):
     z = np.asarray(logits, dtype=np.float64) / settings.temperature
     probs = np.exp(z - z.max())
     probs /= probs.sum()
+    if settings.top_k is None and settings.top_p is None:
+        return probs
     order = np.argsort(-probs, kind="stable")  # most probable first; ties: lower id first
     keep = len(order)
     if settings.top_k is not None:

@@ -44,7 +44,7 @@ and every other key is a tensor's name with its BundleEntryProto:
 
 `read_bundle` checks every CRC, bound and size, so a truncated or corrupt checkpoint is a
 `BundleError` naming the file and the tensor, not a wrong array. `write_bundle` writes the same
-format; TensorFlow's own reader accepts it (tests/test_weights.py checks both directions).
+format; TensorFlow's own reader accepts it (tests/test_weights_tf.py checks both directions).
 
 >>> import tempfile, numpy as np
 >>> prefix = tempfile.mkdtemp() + "/model.ckpt"

@@ -53,10 +53,13 @@ The backend interface. The loop never touches a tensor; it calls the plain funct
       state() -> (params, optimizer, rng_state)   NumPy arrays under the names above, and a
           JSON-serialisable RNG state that the factory can restore
       description: str              e.g. "numpy float32", shown at the start of the run
+      is_main: bool = True          data parallel (torchgpt): every process runs this loop in
+                                    lock-step, and only the main one logs, samples and writes
+      barrier: () -> None           returns when every process has reached it
     )
 
 `numpy_backend` below is npgpt's; the PyTorch twin supplies its own factory to the same `train`
-(`cli.py train --backend torch` takes it from `torchgpt.train.make_backend`). Everything else,
+(`cli.py train --backend torch` takes it from `torchgpt.train.backend_factory`). Everything else,
 the data, schedule, metrics, plot, checkpoint files and resume, is this file's, for both.
 """
 
@@ -282,6 +285,8 @@ class Backend:
     sample: Callable
     state: Callable
     description: str
+    is_main: bool = True
+    barrier: Callable = lambda: None
 
 
 def numpy_backend(config, settings, params, optimizer, step, rng_state):
@@ -327,8 +332,11 @@ def numpy_backend(config, settings, params, optimizer, step, rng_state):
 
 
 def save_training_checkpoint(directory, config, backend, trainer_state):
-    """Write the whole checkpoint directory atomically (snapshot.py)."""
+    """Write the whole checkpoint directory atomically (snapshot.py). Every process calls
+    `backend.state()` (it may gather each one's RNG state); the main one alone writes."""
     params, optimizer, rng_state = backend.state()
+    if not backend.is_main:
+        return
     state = trainer_state | {"rng": rng_state}
 
     def write_files(tmp):
@@ -449,9 +457,11 @@ def train(settings, make_backend, resume=None, progress=True):
         step, tokens, position, records, rng_state = 0, 0, data.Position(), [], None
 
     backend = make_backend(config, settings, params, optimizer, step, rng_state)
-    out.mkdir(parents=True, exist_ok=True)
+    main = backend.is_main
     metrics_path = out / METRICS_FILE
-    metrics.write(metrics_path, records)  # a resumed run forgets steps after its checkpoint
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        metrics.write(metrics_path, records)  # a resumed run forgets steps after its checkpoint
     train_eval = fixed_batches(train_windows, settings)
     val_eval = fixed_batches(val_windows, settings)
     tokenizer = get_tokenizer()
@@ -465,7 +475,13 @@ def train(settings, make_backend, resume=None, progress=True):
         return {"train_loss": mean_loss(train_eval), "val_loss": mean_loss(val_eval)}
 
     def show(message):
-        tqdm.write(message, file=sys.stdout)
+        if main:
+            tqdm.write(message, file=sys.stdout)
+
+    def log(record):
+        records.append(record)
+        if main:
+            metrics.append(metrics_path, record)
 
     def save():
         settings_dict = settings.to_dict()
@@ -479,22 +495,26 @@ def train(settings, make_backend, resume=None, progress=True):
             "metrics": records,
         }
         save_training_checkpoint(ckpt_dir, config, backend, trainer_state)
-        plot_losses(records, out / PLOT_FILE, title=f"{settings.preset} on {source}")
+        if main:
+            plot_losses(records, out / PLOT_FILE, title=f"{settings.preset} on {source}")
+        backend.barrier()  # no process runs ahead of a checkpoint being written
 
-    print(
-        f"training {settings.preset} ({backend.description}) on {source}: "
-        f"{len(train_windows)} train / {len(val_windows)} validation windows of "
-        f"{config.context_length} tokens, {max_steps} steps of {tokens_per_step} tokens -> {out}",
-        file=sys.stderr,
-    )
+    if main:
+        print(
+            f"training {settings.preset} ({backend.description}) on {source}: "
+            f"{len(train_windows)} train / {len(val_windows)} validation windows of "
+            f"{config.context_length} tokens, {max_steps} steps of {tokens_per_step} tokens "
+            f"-> {out}",
+            file=sys.stderr,
+        )
     if step == 0:
         record = {"step": 0, "tokens": 0, "loss": None, "lr": None, "tokens_per_s": None}
         record |= evaluate()
-        records.append(record)
-        metrics.append(metrics_path, record)
+        log(record)
         show(f"step 0: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
 
-    bar = tqdm(total=max_steps, initial=step, disable=not progress, file=sys.stderr, unit="step")
+    shown = progress and main
+    bar = tqdm(total=max_steps, initial=step, disable=not shown, file=sys.stderr, unit="step")
     while step < max_steps:
         lr = learning_rate(step, settings.lr, settings.min_lr, settings.warmup_steps, max_steps)
         indices, position = data.next_indices(
@@ -523,13 +543,13 @@ def train(settings, make_backend, resume=None, progress=True):
                 f"step {step}: train loss {record['train_loss']:.4f}, "
                 f"val loss {record['val_loss']:.4f}"
             )
-        records.append(record)
-        metrics.append(metrics_path, record)
-        if (step % settings.sample_every == 0 or last) and settings.sample_tokens:
+        log(record)
+        if (step % settings.sample_every == 0 or last) and settings.sample_tokens and main:
             text = tokenizer.decode(backend.sample(prompt_ids, sampling_settings(settings)))
             show(f"sample at step {step}: {settings.sample_prompt}{text}")
         if step % settings.save_every == 0 or last:
             save()
     bar.close()
-    print(f"checkpoint: {ckpt_dir}", file=sys.stderr)
+    if main:
+        print(f"checkpoint: {ckpt_dir}", file=sys.stderr)
     return records[-1]

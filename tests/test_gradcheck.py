@@ -89,6 +89,58 @@ def test_crossentropy():
     assert relative_error(crossentropy.backward(1.0, cache), numeric) < TOL
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_every_op_on_random_shapes(seed):
+    """Each op again, on shapes drawn from a seeded rng: B 1..3, T 1..6, H 1..3, D 1..4, V 2..9,
+    with dropout masks, an embedding offset t0 and ignored targets drawn the same way."""
+    rng = np.random.default_rng(100 + seed)
+    B, T, H, D, V = (
+        int(rng.integers(low, high + 1)) for low, high in [(1, 3), (1, 6), (1, 3), (1, 4), (2, 9)]
+    )
+    C = H * D
+    x = rng.standard_normal((B, T, C))
+    g, b = rng.standard_normal(C), rng.standard_normal(C)
+    check_op(layernorm.forward, layernorm.backward, (x.copy(), g, b), rng)
+    check_op(gelu.forward, gelu.backward, (3 * rng.standard_normal((B, T, 4 * C)),), rng)
+    w, bias = rng.standard_normal((C, 4 * C)), rng.standard_normal(4 * C)
+    check_op(linear.forward, linear.backward, (x.copy(), w, bias), rng)
+    keep = dropout.make_mask(rng, x.shape, 0.3)
+    check_op(lambda x: dropout.forward(x, 0.3, keep), dropout.backward, (x.copy(),), rng)
+
+    idx, t0 = rng.integers(0, V, (B, T)), int(rng.integers(0, 3))
+    wte, wpe = rng.standard_normal((V, C)), rng.standard_normal((T + 2, C))
+    check_op(
+        lambda wte, wpe: embedding.forward(idx, wte, wpe, t0), embedding.backward, (wte, wpe), rng
+    )
+
+    attn_keep = dropout.make_mask(rng, (B, H, T, T), 0.3)
+    check_op(
+        lambda qkv: attention.forward(qkv, H, 0.3, attn_keep),
+        lambda d, c: attention.backward(d, c)[0],
+        (rng.standard_normal((B, T, 3 * C)),),
+        rng,
+    )
+
+    logits = rng.standard_normal((B, T, V))
+    targets = rng.integers(0, V, (B, T))
+    targets[rng.random((B, T)) < 0.3] = -100
+    targets[0, 0] = 1  # at least one position counts
+    _, cache = crossentropy.forward(logits, targets)
+    numeric = numerical_grad(lambda: float(crossentropy.forward(logits, targets)[0]), logits)
+    assert relative_error(crossentropy.backward(1.0, cache), numeric) < TOL
+
+
+def test_embedding_backward_adds_into_a_given_gradient():
+    """The tied head passes its share of wte's gradient; the embedding's rows are added to it."""
+    rng = np.random.default_rng(8)
+    idx = np.array([[2, 0, 2]])
+    x, cache = embedding.forward(idx, rng.standard_normal((4, 3)), rng.standard_normal((5, 3)))
+    dx, head = rng.standard_normal(x.shape), rng.standard_normal((4, 3))
+    fresh, _ = embedding.backward(dx, cache)
+    into, _ = embedding.backward(dx, cache, dwte=head.copy())
+    np.testing.assert_allclose(into, head + fresh, rtol=1e-12)
+
+
 @pytest.mark.parametrize("qkv_bias", [True, False])
 def test_whole_model_every_parameter(qkv_bias):
     cfg = GPTConfig(

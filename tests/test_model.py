@@ -94,3 +94,26 @@ def test_dropout_in_training_needs_masks_or_rng(params):
     cfg = CFG.replace(drop_rate=0.1)
     with pytest.raises(ValueError, match="dropout mask 'emb.drop' was not given and no rng"):
         forward(params, cfg, np.array([[1, 2]]), train=True)
+
+
+def test_init_is_gpt2s_and_seeded():
+    """N(0, 0.02) weights, 0.02 / sqrt(2 L) for the two residual projections, zero biases,
+    LayerNorm scale 1 and shift 0; the seed alone decides the numbers."""
+    cfg = GPTConfig(vocab_size=500, context_length=64, emb_dim=64, n_heads=4, n_layers=4)
+    params = init_params(cfg, seed=3)
+    residual_std = 0.02 / np.sqrt(2 * cfg.n_layers)
+    for name, value in params.items():
+        assert value.dtype == np.float32, name
+        if "ln_" in name:
+            assert np.all(value == (1.0 if name.endswith("weight") else 0.0)), name
+        elif name.endswith("bias"):
+            assert np.all(value == 0.0), name
+        else:
+            expected = (
+                residual_std if name.endswith(("attn.c_proj.weight", "mlp.c_proj.weight")) else 0.02
+            )
+            assert abs(value.mean()) < 0.1 * expected, name
+            assert abs(value.std() / expected - 1) < 0.05, name
+    again, other = init_params(cfg, seed=3), init_params(cfg, seed=4)
+    assert all(np.array_equal(params[k], again[k]) for k in params)
+    assert not np.array_equal(params["wte.weight"], other["wte.weight"])

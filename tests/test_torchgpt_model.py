@@ -149,3 +149,13 @@ def test_resolve_device_rejects_unknown_names():
     assert torchgpt.resolve_device("auto").type in ("cpu", "cuda", "mps")
     with pytest.raises(ValueError, match="unknown device"):
         torchgpt.resolve_device("tpu")
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "math"])
+def test_training_forward_compiles_as_one_graph(attn):
+    """`--compile`: with no capture, masks or cache, dynamo traces the whole forward and loss
+    as one graph (a graph break would split it and cost speed)."""
+    model = torchgpt.GPT(CFG, attn=attn, seed=0).train()
+    idx, targets = (torch.from_numpy(a) for a in batch())
+    explained = torch._dynamo.explain(model)(idx, torch.clamp(targets, min=0))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

@@ -1,0 +1,230 @@
+"""The torch backend of the trainer: it trains what the numpy backend trains, resumes bit for bit
+after a SIGKILL, writes checkpoints the other backend generates from, and data parallelism over
+2 processes (gloo, CPU) reproduces 1 process.
+
+Tolerances: float64 throughout. numpy and torch compute the same formulas in different orders,
+so losses and weights differ by rounding, ~1e-15 relative per operation; after a few AdamW steps
+(whose update divides by sqrt(v) ~ |g|) 1e-9 relative still catches any real difference (a wrong
+learning rate, decay group, clipping or moment is >= 1e-4). Kill-and-resume is compared exactly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.numpy import load_file
+
+import cli
+from npgpt import metrics
+from npgpt.data import builtin_documents
+from npgpt.train import numpy_backend, resolve_settings, train
+from torchgpt.train import backend_factory
+
+ROOT = Path(__file__).resolve().parents[1]
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+TOL = 1e-9
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors: one thread is faster, and the subprocesses use one thread too, so that
+    float64 sums are added in the same order everywhere (kill-and-resume compares bits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n\n".join(builtin_documents()[:6])[:25_000])
+    return path
+
+
+def tiny_settings(corpus, out, **changes):
+    values = dict(
+        preset="tiny", data=[str(corpus)], context_length=16, batch_size=4, grad_accum=2,
+        max_steps=4, warmup_steps=2, lr=3e-3, min_lr=3e-3, clip=0.05, drop_rate=0.0, eval_every=2,
+        eval_batches=1, sample_every=4, sample_tokens=3, save_every=2, dtype="float64",
+        out=str(out), cache_dir=str(Path(corpus).parent / "cache"), backend="torch",
+    )  # fmt: skip
+    return resolve_settings(values | changes)
+
+
+def deterministic(records):
+    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]
+
+
+def checkpoint_files(directory):
+    directory = Path(directory) / "checkpoint"
+    return (
+        load_file(str(directory / "model.safetensors")),
+        load_file(str(directory / "optimizer.safetensors")),
+        json.loads((directory / "trainer_state.json").read_text()),
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(corpus, tmp_path_factory):
+    """The same 4 steps (no dropout, clipping active) by each backend, in this process."""
+    root = tmp_path_factory.mktemp("runs")
+    train(tiny_settings(corpus, root / "torch"), backend_factory(device="cpu"), progress=False)
+    numpy_settings = tiny_settings(corpus, root / "numpy", backend="numpy")
+    train(numpy_settings, numpy_backend, progress=False)
+    return root
+
+
+def assert_close(a, b, what):
+    scale = max(1.0, float(np.max(np.abs(b))))
+    assert np.max(np.abs(np.asarray(a) - np.asarray(b))) <= TOL * scale, what
+
+
+def test_torch_trainer_matches_numpy_trainer(runs):
+    torch_log = deterministic(metrics.read(runs / "torch/metrics.jsonl"))
+    numpy_log = deterministic(metrics.read(runs / "numpy/metrics.jsonl"))
+    assert [r["step"] for r in torch_log] == [0, 1, 2, 3, 4]
+    for t, n in zip(torch_log, numpy_log, strict=True):
+        assert t.keys() == n.keys() and t["lr"] == n["lr"]
+        for key in ("loss", "train_loss", "val_loss"):
+            if n.get(key) is not None:
+                assert_close(t[key], n[key], f"step {n['step']} {key}")
+    params_t, moments_t, state_t = checkpoint_files(runs / "torch")
+    params_n, moments_n, state_n = checkpoint_files(runs / "numpy")
+    assert params_t.keys() == params_n.keys() and moments_t.keys() == moments_n.keys()
+    for name in params_n:
+        assert params_t[name].dtype == np.float64
+        assert_close(params_t[name], params_n[name], name)
+    for name in moments_n:
+        assert_close(moments_t[name], moments_n[name], name)
+    assert state_t["position"] == state_n["position"] and state_t["step"] == 4
+    assert state_t["backend"] == "torch"
+    assert {"torch", "numpy", "python"} <= set(state_t["rng"])
+
+
+@pytest.mark.parametrize("trained_by", ["torch", "numpy"])
+def test_a_checkpoint_trained_by_one_backend_generates_in_the_other(runs, trained_by):
+    checkpoint = runs / trained_by / "checkpoint"
+    outputs = {}
+    for backend in ("numpy", "torch"):
+        args = ["generate", "--checkpoint", checkpoint, "--prompt", "The", "--max-new-tokens"]
+        args += ["8", "--temperature", "0", "--dtype", "float64", "--backend", backend]
+        if backend == "torch":
+            args += ["--device", "cpu"]
+        result = CliRunner().invoke(cli.main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        outputs[backend] = result.stdout
+    assert outputs["numpy"] == outputs["torch"]
+    assert outputs["numpy"].startswith("The") and len(outputs["numpy"]) > len("The\n")
+
+
+KILLED_RUN = """
+import dataclasses, json, sys, time
+from npgpt.train import resolve_settings, train
+from torchgpt.train import backend_factory
+
+settings, marker = resolve_settings(json.loads(sys.argv[1])), sys.argv[2]
+make_backend = backend_factory(device="cpu")
+
+def hanging_backend(*args):
+    backend = make_backend(*args)
+    updates = args[4]
+
+    def train_step(micro_batches, lr):
+        nonlocal updates
+        updates += 1
+        if updates == 5:  # after the checkpoint of step 4, inside step 5
+            open(marker, "w").close()
+            time.sleep(600)
+        return backend.train_step(micro_batches, lr)
+
+    return dataclasses.replace(backend, train_step=train_step)
+
+train(settings, hanging_backend, progress=False)
+"""
+
+
+def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
+    changes = dict(max_steps=6, grad_accum=1, batch_size=2, drop_rate=0.1, eval_every=3)
+    straight = tiny_settings(corpus, tmp_path / "straight", **changes)
+    train(straight, backend_factory(device="cpu"), progress=False)
+
+    killed = tiny_settings(corpus, tmp_path / "killed", **changes)
+    marker = tmp_path / "in-step-5"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, json.dumps(killed.to_dict()), str(marker)],
+        cwd=ROOT,
+        env=os.environ | ONE_THREAD,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "the run ended before reaching step 5"
+            assert time.monotonic() < deadline, "the run never reached step 5"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert json.loads((tmp_path / "killed/checkpoint/trainer_state.json").read_text())["step"] == 4
+
+    resumed = resolve_settings({}, resumed=killed.to_dict())
+    train(resumed, backend_factory(device="cpu"), resume=tmp_path / "killed", progress=False)
+
+    params_a, moments_a, state_a = checkpoint_files(tmp_path / "straight")
+    params_b, moments_b, state_b = checkpoint_files(tmp_path / "killed")
+    assert state_a["step"] == state_b["step"] == 6
+    for name in params_a:
+        np.testing.assert_array_equal(params_a[name], params_b[name], err_msg=name)
+    for name in moments_a:
+        np.testing.assert_array_equal(moments_a[name], moments_b[name], err_msg=name)
+    logged_a = deterministic(metrics.read(tmp_path / "straight/metrics.jsonl"))
+    logged_b = deterministic(metrics.read(tmp_path / "killed/metrics.jsonl"))
+    assert [r["step"] for r in logged_b] == list(range(7))
+    assert logged_a == logged_b  # dropout draws too: the torch RNG state was restored
+    assert state_a["rng"] == state_b["rng"]
+
+
+def test_two_processes_reproduce_one(runs, corpus, tmp_path):
+    """torchrun: 2 gloo processes each take half of every micro-batch (2 of 4 rows), sync
+    gradients on the last of 2 micro-batches; 2 steps, then --resume (every process reloads)
+    for 2 more: the losses and weights equal the uninterrupted 1-process run's. (The learning
+    rate is constant after warm-up, so stopping at step 2 changes no step's rate.)"""
+    config = tmp_path / "ddp.json"
+    config.write_text(json.dumps(tiny_settings(corpus, tmp_path / "ddp", max_steps=2).to_dict()))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    torchrun += ["2", "cli.py", "train", "--device", "cpu", "--no-progress"]
+    for more in (["--config", config], ["--resume", tmp_path / "ddp", "--max-steps", 4]):
+        done = subprocess.run(
+            [str(c) for c in torchrun + more],
+            cwd=ROOT,
+            env=os.environ | ONE_THREAD,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "2 processes (DDP)" in done.stderr
+    ddp_log = deterministic(metrics.read(tmp_path / "ddp/metrics.jsonl"))
+    one_log = deterministic(metrics.read(runs / "torch/metrics.jsonl"))
+    assert [r["step"] for r in ddp_log] == [0, 1, 2, 3, 4]  # one writer, not two
+    for d, o in zip(ddp_log, one_log, strict=True):
+        for key in ("loss", "train_loss", "val_loss"):
+            if o.get(key) is not None:
+                assert_close(d[key], o[key], f"step {o['step']} {key}")
+    params_d = checkpoint_files(tmp_path / "ddp")[0]
+    params_o = checkpoint_files(runs / "torch")[0]
+    for name in params_o:
+        assert_close(params_d[name], params_o[name], name)
+
+
+def test_torch_only_flags_are_refused_for_the_numpy_backend():
+    result = CliRunner().invoke(cli.main, ["train", "--preset", "tiny", "--compile"])
+    assert result.exit_code == 1
+    assert "--compile: only for --backend torch" in result.output

@@ -1,0 +1,9 @@
+"""webapp: a Chainlit page to talk to a trained npgpt model, started by `python cli.py serve`.
+
+It lives apart from npgpt's textbook modules (npgpt never imports chainlit):
+
+    settings.py  the page's sampling settings: the widgets' defaults and form -> SamplingSettings
+    serve.py     writes Chainlit's config and an offline index page to a temporary app directory,
+                 then runs Chainlit on `app.py`
+    app.py       the Chainlit callbacks: one chat session = one user's settings and answers
+"""

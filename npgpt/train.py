@@ -113,7 +113,7 @@ class TrainSettings:
     lr: float = 2e-3
     min_lr: float = 2e-4
     warmup_steps: int = 20
-    max_steps: int = 400
+    max_steps: int = 300
     epochs: float | None = None  # if set, replaces max_steps
     weight_decay: float = 0.1
     clip: float = 1.0
@@ -216,6 +216,9 @@ def resolve_settings(cli=None, config_file=None, resumed=None):
                         f"{resumed.get(key)!r}; a resumed run keeps it (start a new --out instead)"
                     )
             merged[key] = value
+    given = {key for _, values in sources[1:] for key, value in values.items() if value is not None}
+    if {"max_steps", "epochs"} <= given:
+        raise TrainError("give --max-steps or --epochs, not both: each sets the run's length")
     settings = TrainSettings(**merged)
     check_settings(settings)
     return settings

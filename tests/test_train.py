@@ -209,6 +209,12 @@ def test_snapshot_recover_finds_the_complete_directory(tmp_path, left, expected)
     assert (tmp_path / "checkpoint/file").read_text() == expected
 
 
+def test_epochs_replace_max_steps():
+    assert resolve_settings({"epochs": 2}).epochs == 2.0
+    with pytest.raises(TrainError, match="give --max-steps or --epochs, not both"):
+        resolve_settings({"epochs": 2, "max_steps": 5})
+
+
 def test_epochs_set_the_number_of_steps():
     assert total_steps(TrainSettings(max_steps=7), 1000) == 7
     settings = TrainSettings(epochs=1.5, batch_size=4, grad_accum=2, max_steps=7)

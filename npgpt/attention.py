@@ -53,7 +53,7 @@ def forward(qkv, n_heads, drop_rate=0.0, drop_keep=None, past_kv=None):
         k = np.concatenate([past_kv[0], k], axis=2)
         v = np.concatenate([past_kv[1], v], axis=2)
     scale = np.asarray(1.0 / np.sqrt(q.shape[-1]), dtype=qkv.dtype)
-    s = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, H, T, T_key)
+    s = (q * scale) @ k.transpose(0, 1, 3, 2)  # (B, H, T, T_key); scaling q is T/D x cheaper
     np.copyto(s, -np.inf, where=causal_mask(q.shape[2], k.shape[2]))  # mask broadcast over B, H
     p = softmax(s)
     p_drop, drop_cache = dropout.forward(p, drop_rate, drop_keep)
@@ -69,9 +69,9 @@ def backward(dy, cache):
     dp_drop = dy @ v.transpose(0, 1, 3, 2)  # (B, H, T, T)
     dv = p_drop.transpose(0, 1, 3, 2) @ dy
     dp = dropout.backward(dp_drop, cache["drop_cache"])
-    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
-    ds *= scale
-    dq = ds @ k
-    dk = ds.transpose(0, 1, 3, 2) @ q
+    ds = dp * p
+    ds -= p * ds.sum(axis=-1, keepdims=True)  # p * (dp - sum_j(dp * p)), in one buffer
+    dq = (ds @ k) * scale  # the scale applied to (T, D) results, not to the (T, T) ds
+    dk = (ds.transpose(0, 1, 3, 2) @ q) * scale
     dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)
     return dqkv, dp

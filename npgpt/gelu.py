@@ -4,7 +4,6 @@ Forward   u = s * (x + a x^3),  y = 0.5 x (1 + tanh(u)),   s = sqrt(2/pi), a = 0
 Backward  dy/dx = 0.5 (1 + tanh u) + 0.5 x * (1 - tanh(u)^2) * du/dx,
           du/dx = s * (1 + 3 a x^2),  so dx = dy * dy/dx              x, y: (B, T, 4C)
 The two forms differ by up to ~1e-3; a model trained with one is measurably off with the other.
-x * x * x, not x**3: NumPy's power has no fast path for the exponent 3 and is ~10x slower.
 
 >>> import numpy as np
 >>> y, _ = forward(np.array([-1.0, 0.0, 1.0]))
@@ -21,13 +20,30 @@ A = 0.044715
 
 
 def forward(x):
-    tanh_u = np.tanh(S * (x + A * x * x * x))
-    y = 0.5 * x * (1.0 + tanh_u)
+    # u = s x (1 + a x^2), y = 0.5 x (1 + tanh u), each built in one buffer: at (B, T, 4C) these
+    # are the MLP's largest arrays, and every temporary would be one more pass over memory.
+    u = x * x
+    u *= A
+    u += 1.0
+    u *= x
+    u *= S
+    tanh_u = np.tanh(u, out=u)
+    y = 1.0 + tanh_u
+    y *= x
+    y *= 0.5
     return y, (x, tanh_u)
 
 
 def backward(dy, cache):
     x, tanh_u = cache
-    du_dx = S * (1.0 + 3.0 * A * x * x)
-    dy_dx = 0.5 * (1.0 + tanh_u) + 0.5 * x * (1.0 - tanh_u * tanh_u) * du_dx
-    return dy * dy_dx
+    # dx = dy * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx), du/dx = s (1 + 3 a x^2)
+    dx = x * x
+    dx *= 3.0 * A
+    dx += 1.0
+    dx *= S
+    dx *= x
+    dx *= 1.0 - tanh_u * tanh_u
+    dx += 1.0 + tanh_u
+    dx *= 0.5
+    dx *= dy
+    return dx

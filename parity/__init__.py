@@ -1,1 +1,1 @@
-"""The parity oracle: npgpt and torchgpt compared tensor by tensor (docs/readme/parity.md)."""
+"""The parity oracle: npgpt and torchgpt compared tensor by tensor (see the README)."""

@@ -27,7 +27,7 @@ FLOAT64_REASON = (
 )
 
 # float32 and GPU tolerances: the worst relative error measured per kind (`python -m
-# parity.measure`, thousands of drawn cases, see docs/readme/parity.md) times about ten,
+# parity.measure`, thousands of drawn cases, see README.md) times about ten,
 # rounded up to 1, 2 or 5 times a power of ten. MEASURED keeps the measured worst beside them.
 TOLERANCES = {
     "float32": {

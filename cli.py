@@ -26,6 +26,19 @@ def require_torch():
         fail('--backend torch needs PyTorch: pip install -e ".[torch]"')
 
 
+def torch_model(config, params, device, dtype):
+    """A torchgpt.GPT holding `params` on `device` (auto|cpu|cuda|mps)."""
+    require_torch()
+    from torchgpt.device import resolve_device, resolve_dtype
+    from torchgpt.model import GPT
+
+    try:
+        torch_device = resolve_device(device)
+    except ValueError as err:
+        fail(str(err))
+    return GPT.from_params(config, params, device=torch_device, dtype=resolve_dtype(dtype))
+
+
 @click.group()
 def main():
     """GPT-2 in NumPy with hand-written backward passes, and its PyTorch twin."""
@@ -56,21 +69,14 @@ def load_generator(checkpoint, backend, device="auto", dtype="float32"):
             return generate(params, config, prompt_ids, settings, use_kv_cache)
 
         return config, run, "numpy"
-    require_torch()
-    from torchgpt.device import resolve_device, resolve_dtype
     from torchgpt.generate import generate as torch_generate
-    from torchgpt.model import GPT
 
-    try:
-        torch_device = resolve_device(device)
-    except ValueError as err:
-        fail(str(err))
-    model = GPT.from_params(config, params, device=torch_device, dtype=resolve_dtype(dtype))
+    model = torch_model(config, params, device, dtype)
 
     def run(prompt_ids, settings, use_kv_cache=True):
         return torch_generate(model, prompt_ids, settings, use_kv_cache)
 
-    return config, run, f"torch on {torch_device}"
+    return config, run, f"torch on {next(model.parameters()).device}"
 
 
 @main.command()
@@ -245,18 +251,9 @@ def eval_function(params, config, backend, device, dtype):
         from npgpt.model import forward
 
         return lambda x, y: float(forward(params, config, x, y)[1])
-    require_torch()
+    model = torch_model(config, params, device, dtype).eval()
+    torch_device = next(model.parameters()).device
     import torch
-
-    from torchgpt.device import resolve_device, resolve_dtype
-    from torchgpt.model import GPT
-
-    try:
-        torch_device = resolve_device(device)
-    except ValueError as err:
-        fail(str(err))
-    model = GPT.from_params(config, params, device=torch_device, dtype=resolve_dtype(dtype))
-    model.eval()
 
     def loss(x, y):
         with torch.no_grad():

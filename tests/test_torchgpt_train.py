@@ -23,7 +23,6 @@ from safetensors.numpy import load_file
 
 import cli
 from npgpt import metrics
-from npgpt.data import builtin_documents
 from npgpt.train import numpy_backend, resolve_settings, train
 from torchgpt.train import backend_factory
 
@@ -40,13 +39,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("\n\n".join(builtin_documents()[:6])[:25_000])
-    return path
 
 
 def tiny_settings(corpus, out, **changes):

@@ -13,7 +13,6 @@ import pytest
 from safetensors.numpy import load_file
 
 from npgpt import metrics, snapshot
-from npgpt.data import builtin_documents
 from npgpt.train import (
     TrainError,
     TrainSettings,
@@ -24,14 +23,6 @@ from npgpt.train import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """~25 kB of the built-in corpus as a text file: a few thousand tokens."""
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("\n\n".join(builtin_documents()[:6])[:25_000])
-    return path
 
 
 def tiny_settings(corpus, out, **changes):

@@ -3,7 +3,6 @@ backends pick the very same tokens, greedy and seeded top-k/top-p, across the sl
 
 import numpy as np
 import pytest
-import torch
 
 import npgpt
 import torchgpt
@@ -12,6 +11,8 @@ from npgpt.generate import generate as np_generate
 from npgpt.sampling import SamplingSettings
 from torchgpt.generate import generate as torch_generate
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CFG = GPTConfig(vocab_size=50257, context_length=12, emb_dim=16, n_heads=2, n_layers=2)
 SETTINGS = [
     SamplingSettings(temperature=0, max_new_tokens=16),
@@ -19,16 +20,6 @@ SETTINGS = [
     SamplingSettings(temperature=1.3, top_p=0.95, seed=11, max_new_tokens=16),
 ]
 NUMPY_TOKENS = {}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tensors are tiny: with several threads, OpenMP's start-up and spinning cost more
-    than the work (50x on a loaded 2-core machine), so run them on one thread, then restore."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -13,19 +13,11 @@ from npgpt.config import GPTConfig
 from npgpt.model import draw_dropout_masks
 from npgpt.names import activation_names, param_shapes
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TOL = 1e-10
 CFG = GPTConfig.preset("tiny", vocab_size=101, context_length=16, drop_rate=0.2)
 B, T = 2, 9
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tensors are tiny: with several threads, OpenMP's start-up and spinning cost more
-    than the work (50x on a loaded 2-core machine), so run them on one thread, then restore."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def batch(seed=0):

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from safetensors.numpy import load_file
 
@@ -26,19 +25,11 @@ from npgpt import metrics
 from npgpt.train import numpy_backend, resolve_settings, train
 from torchgpt.train import backend_factory
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 TOL = 1e-9
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one thread is faster, and the subprocesses use one thread too, so that
-    float64 sums are added in the same order everywhere (kill-and-resume compares bits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_settings(corpus, out, **changes):

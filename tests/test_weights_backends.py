@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from safetensors.numpy import save_file
 
@@ -23,20 +22,13 @@ from npgpt.sampling import SamplingSettings
 from npgpt.tokenizer import get_tokenizer
 from torchgpt.generate import generate as torch_generate
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CFG = GPTConfig(vocab_size=50257, context_length=32, emb_dim=16, n_heads=2, n_layers=2)
 GREEDY = SamplingSettings(temperature=0, max_new_tokens=8)
 PROMPT = "The weights"
 FORMATS = ["openai-tf", "hf", "npgpt"]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one thread beats OpenMP's start-up on a small machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

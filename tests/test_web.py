@@ -47,7 +47,7 @@ if not MISSING:
     from selenium.webdriver.support.ui import WebDriverWait
 
 PROMPT = "The meaning of life is"
-SETTINGS = {"temperature": "0.9", "top_k": "200", "top_p": "0.95", "max_new_tokens": "30"}
+SETTINGS = {"temperature": "0.9", "top_k": "200", "top_p": "0.95", "max_new_tokens": "100"}
 TIMEOUT = 30  # seconds for any one thing to appear on the page
 
 
@@ -231,11 +231,28 @@ def browser():
     driver.quit()
 
 
+RECORD_TIMES = """
+window.answerTimes = [];  // [ms since the epoch, characters shown, finished] at each change
+new MutationObserver(() => {
+  const m = [...document.querySelectorAll('[data-step-type=assistant_message]')]
+    .filter(m => m.querySelector('pre code'));
+  if (m.length) window.answerTimes.push([Date.now(),
+    m[0].querySelector('pre code').textContent.replace(/[\\n\\u200b]/g, '').length,
+    m[0].textContent.includes('tokens/s')]);
+}).observe(document.body, {subtree: true, childList: true, characterData: true});
+"""
+
+
+def streaming_interval(driver):
+    """When the answer showed its first character and when it finished (ms since the epoch)."""
+    times = driver.execute_script("return window.answerTimes")
+    first = min(t for t, length, _ in times if length > 0)
+    return first, min(t for t, _, finished in times if finished)
+
+
 def test_streams_the_answer_cli_generate_gives(browser, url, checkpoint):
     screenshot = os.environ.get("NPGPT_WEB_SCREENSHOT")
-    settings = SETTINGS | {"seed": "1234"}
-    if screenshot:  # an answer long enough to photograph mid-way; the window slides, too
-        settings["max_new_tokens"] = "60"
+    settings = SETTINGS | {"seed": "1234"}  # 100 tokens: the window (64) slides, too
     expected = cli_generate(checkpoint, PROMPT, settings)  # runs while the browser works
     open_chat(browser, url)
     loaded = browser.execute_script(
@@ -243,6 +260,7 @@ def test_streams_the_answer_cli_generate_gives(browser, url, checkpoint):
     )
     assert all(name.startswith(url) for name in loaded), loaded  # nothing from the internet
     set_settings(browser, settings)
+    browser.execute_script(RECORD_TIMES)
     send(browser, PROMPT)
     seen = []  # every state of the answer the page showed while it streamed
 
@@ -263,7 +281,10 @@ def test_streams_the_answer_cli_generate_gives(browser, url, checkpoint):
     # while streaming, the page ends the text with a zero-width space (its cursor)
     shown = [text.rstrip("\n\u200b") for text in seen]
     assert all(answer.startswith(text) for text in shown), (shown, answer)
-    partial = [text for text in shown if 0 < len(text) < len(answer.rstrip("\n"))]
+    # every change the page made, seen by a MutationObserver (polling can miss a fast stream)
+    lengths = [length for _, length, _ in browser.execute_script("return window.answerTimes")]
+    assert max(lengths) == len(answer.replace("\n", ""))
+    partial = [length for length in lengths if 0 < length < max(lengths)]
     assert partial, "the answer appeared all at once: it did not stream"
     assert "parameters" in messages(browser)[-1] and "numpy" in messages(browser)[-1]
 
@@ -306,27 +327,8 @@ def in_process_generate(checkpoint, prompt, settings):
     return "".join(stream_text(generate(params, config, prompt_ids, sampling)))
 
 
-RECORD_TIMES = """
-window.answerTimes = [];  // [ms since the epoch, characters shown, finished] at each change
-new MutationObserver(() => {
-  const m = [...document.querySelectorAll('[data-step-type=assistant_message]')]
-    .filter(m => m.querySelector('pre code'));
-  if (m.length) window.answerTimes.push([Date.now(),
-    m[0].querySelector('pre code').textContent.replace(/[\\n\\u200b]/g, '').length,
-    m[0].textContent.includes('tokens/s')]);
-}).observe(document.body, {subtree: true, childList: true, characterData: true});
-"""
-
-
-def streaming_interval(driver):
-    """When the answer showed its first character and when it finished (ms since the epoch)."""
-    times = driver.execute_script("return window.answerTimes")
-    first = min(t for t, length, _ in times if length > 0)
-    return first, min(t for t, _, finished in times if finished)
-
-
 def test_two_sessions_generating_at_once_get_their_own_answers(browser, url, checkpoint):
-    settings = [{"seed": "1", "max_new_tokens": "30"}, {"seed": "2", "max_new_tokens": "30"}]
+    settings = [{"seed": "1", "max_new_tokens": "100"}, {"seed": "2", "max_new_tokens": "100"}]
     prompts = [PROMPT, "Once upon a time"]
     other = new_browser()
     try:

@@ -9,16 +9,14 @@ learning rate, decay group, clipping or moment is >= 1e-4). Kill-and-resume is c
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from safetensors.numpy import load_file
+from trainrun import checkpoint_files, deterministic, kill_inside_step
 
 import cli
 from npgpt import metrics
@@ -40,19 +38,6 @@ def tiny_settings(corpus, out, **changes):
         out=str(out), cache_dir=str(Path(corpus).parent / "cache"), backend="torch",
     )  # fmt: skip
     return resolve_settings(values | changes)
-
-
-def deterministic(records):
-    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]
-
-
-def checkpoint_files(directory):
-    directory = Path(directory) / "checkpoint"
-    return (
-        load_file(str(directory / "model.safetensors")),
-        load_file(str(directory / "optimizer.safetensors")),
-        json.loads((directory / "trainer_state.json").read_text()),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -108,53 +93,13 @@ def test_a_checkpoint_trained_by_one_backend_generates_in_the_other(runs, traine
     assert outputs["numpy"].startswith("The") and len(outputs["numpy"]) > len("The\n")
 
 
-KILLED_RUN = """
-import dataclasses, json, sys, time
-from npgpt.train import resolve_settings, train
-from torchgpt.train import backend_factory
-
-settings, marker = resolve_settings(json.loads(sys.argv[1])), sys.argv[2]
-make_backend = backend_factory(device="cpu")
-
-def hanging_backend(*args):
-    backend = make_backend(*args)
-    updates = args[4]
-
-    def train_step(micro_batches, lr):
-        nonlocal updates
-        updates += 1
-        if updates == 5:  # after the checkpoint of step 4, inside step 5
-            open(marker, "w").close()
-            time.sleep(600)
-        return backend.train_step(micro_batches, lr)
-
-    return dataclasses.replace(backend, train_step=train_step)
-
-train(settings, hanging_backend, progress=False)
-"""
-
-
 def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
     changes = dict(max_steps=6, grad_accum=1, batch_size=2, drop_rate=0.1, eval_every=3)
     straight = tiny_settings(corpus, tmp_path / "straight", **changes)
     train(straight, backend_factory(device="cpu"), progress=False)
 
     killed = tiny_settings(corpus, tmp_path / "killed", **changes)
-    marker = tmp_path / "in-step-5"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_RUN, json.dumps(killed.to_dict()), str(marker)],
-        cwd=ROOT,
-        env=os.environ | ONE_THREAD,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert proc.poll() is None, "the run ended before reaching step 5"
-            assert time.monotonic() < deadline, "the run never reached step 5"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_inside_step(killed, 5, backend="torch", env=ONE_THREAD)  # after step 4's checkpoint
     assert json.loads((tmp_path / "killed/checkpoint/trainer_state.json").read_text())["step"] == 4
 
     resumed = resolve_settings({}, resumed=killed.to_dict())

@@ -1,16 +1,11 @@
 """The trainer: settings, atomic checkpoint swaps, and bit-exact resume after a SIGKILL."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
+from trainrun import checkpoint_files, deterministic, kill_inside_step
 
 from npgpt import metrics, snapshot
 from npgpt.train import (
@@ -21,8 +16,6 @@ from npgpt.train import (
     total_steps,
     train,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_settings(corpus, out, **changes):
@@ -35,64 +28,12 @@ def tiny_settings(corpus, out, **changes):
     return resolve_settings(values | changes)
 
 
-KILLED_RUN = """
-import json, os, sys, time
-from npgpt.train import numpy_backend, resolve_settings, train
-
-settings = resolve_settings(json.loads(sys.argv[1]))
-marker = sys.argv[2]
-
-def hanging_backend(*args):
-    backend = numpy_backend(*args)
-    updates = args[4]
-
-    def train_step(micro_batches, lr):
-        nonlocal updates
-        updates += 1
-        if updates == 3:  # mid-way: after the checkpoint of step 2, inside step 3
-            open(marker, "w").close()
-            time.sleep(600)
-        return backend.train_step(micro_batches, lr)
-
-    return backend.__class__(train_step, *[getattr(backend, f) for f in
-                             ("eval_loss", "sample", "state", "description")])
-
-train(settings, hanging_backend, progress=False)
-"""
-
-
-def read_checkpoint(directory):
-    return (
-        load_file(str(directory / "model.safetensors")),
-        load_file(str(directory / "optimizer.safetensors")),
-        json.loads((directory / "trainer_state.json").read_text()),
-    )
-
-
-def deterministic(records):
-    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]
-
-
 def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
     straight = tiny_settings(corpus, tmp_path / "straight")
     train(straight, numpy_backend, progress=False)
 
     killed = tiny_settings(corpus, tmp_path / "killed")
-    marker = tmp_path / "in-step-3"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_RUN, json.dumps(killed.to_dict()), str(marker)],
-        cwd=ROOT,
-        env=os.environ | {"PYTHONPATH": str(ROOT)},
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert proc.poll() is None, "the run ended before reaching step 3"
-            assert time.monotonic() < deadline, "the run never reached step 3"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_inside_step(killed, 3)  # mid-way: after the checkpoint of step 2
     state = json.loads((tmp_path / "killed/checkpoint/trainer_state.json").read_text())
     assert state["step"] == 2
     assert [r["step"] for r in metrics.read(tmp_path / "killed/metrics.jsonl")][-1] == 2
@@ -100,8 +41,8 @@ def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
     resumed = resolve_settings({}, resumed=state["settings"])
     train(resumed, numpy_backend, resume=tmp_path / "killed", progress=False)
 
-    params_a, moments_a, state_a = read_checkpoint(tmp_path / "straight/checkpoint")
-    params_b, moments_b, state_b = read_checkpoint(tmp_path / "killed/checkpoint")
+    params_a, moments_a, state_a = checkpoint_files(tmp_path / "straight")
+    params_b, moments_b, state_b = checkpoint_files(tmp_path / "killed")
     assert state_a["step"] == state_b["step"] == 4
     assert params_a.keys() == params_b.keys() and moments_a.keys() == moments_b.keys()
     for name in params_a:

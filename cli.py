@@ -80,7 +80,9 @@ def load_generator(checkpoint, backend, device="auto", dtype="float32"):
 
 
 @main.command()
-@click.option("--checkpoint", required=True, help="Checkpoint directory or weights file.")
+@click.option(
+    "--checkpoint", required=True, help="Checkpoint directory, weights file or run directory."
+)
 @click.option("--prompt", default="", help="Text to continue ('' starts from <|endoftext|>).")
 @click.option("--max-new-tokens", default=50, show_default=True, type=int)
 @click.option("--temperature", default=1.0, show_default=True, type=float, help="0 = greedy.")
@@ -264,7 +266,9 @@ def eval_function(params, config, backend, device, dtype):
 
 
 @main.command(name="eval")
-@click.option("--checkpoint", required=True, help="Checkpoint directory or weights file.")
+@click.option(
+    "--checkpoint", required=True, help="Checkpoint directory, weights file or run directory."
+)
 @click.option("--data", multiple=True, help="Text file or glob (default: built-in validation).")
 @click.option("--val-fraction", default=0.1, show_default=True, help="Built-in corpus split.")
 @click.option("--context-length", type=int, default=None, help="Default: the model's.")
@@ -405,8 +409,8 @@ def download(model, source, directory, base_url):
 @click.option("--overwrite", is_flag=True, help="Replace a checkpoint already in DST.")
 def convert(src, dst, dtype, overwrite):
     """Rewrite the GPT-2 weights at SRC (OpenAI TensorFlow checkpoint, Hugging Face directory or
-    file, npgpt checkpoint) as an npgpt checkpoint in DST: model.safetensors + config.json,
-    which Hugging Face transformers also reads as it is."""
+    file, npgpt checkpoint or training run directory) as an npgpt checkpoint in DST:
+    model.safetensors + config.json, which Hugging Face transformers also reads as it is."""
     from pathlib import Path
 
     import numpy as np
@@ -434,11 +438,13 @@ def convert(src, dst, dtype, overwrite):
 @main.command()
 @click.argument("path")
 def info(path):
-    """Describe the GPT-2 weights at PATH: format, config, parameter count, dtype, size."""
+    """Describe the GPT-2 weights at PATH (any checkpoint `generate` reads, or a training run
+    directory): format, config, parameter count, dtype, size."""
+    from npgpt.formats import checkpoint_path
     from npgpt.names import num_params
 
     kind, config, params = load_or_fail(path)
-    size, n_files = size_on_disk(path)
+    size, n_files = size_on_disk(checkpoint_path(path))
     fields = " ".join(
         f"{key}={value}" for key, value in config.to_dict().items() if key != "drop_rate"
     )
@@ -457,7 +463,9 @@ def info(path):
 
 
 @main.command()
-@click.option("--checkpoint", required=True, help="Checkpoint directory or weights file.")
+@click.option(
+    "--checkpoint", required=True, help="Checkpoint directory, weights file or run directory."
+)
 @click.option("--backend", type=click.Choice(BACKENDS), default="numpy", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="torch: auto|cpu|cuda|mps.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")

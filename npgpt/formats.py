@@ -44,15 +44,27 @@ from npgpt.config import PRESETS, ConfigError, GPTConfig
 from npgpt.names import param_shapes
 
 PYTORCH_FILE = "pytorch_model.bin"
+RUN_CHECKPOINT_DIR = "checkpoint"  # a training run directory keeps its checkpoint here
 GPT2_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 TORCH_INSTALL_HINT = 'pip install -e ".[torch]"'
 
 
-def detect_format(path):
-    """(format, path of the weights) for a checkpoint directory or weights file."""
+def checkpoint_path(path):
+    """The checkpoint a path names: itself, or for a training run directory (what `train
+    --out` makes) the `checkpoint/` directory inside it."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
+    run_checkpoint = path / RUN_CHECKPOINT_DIR
+    if path.is_dir() and run_checkpoint.is_dir():  # OpenAI's release has a *file* of that name
+        return run_checkpoint
+    return path
+
+
+def detect_format(path):
+    """(format, path of the weights) for a checkpoint directory, a weights file, or a run
+    directory holding a checkpoint."""
+    path = checkpoint_path(path)
     if path.is_dir():
         if (path / openai_checkpoint.HPARAMS_FILE).exists():  # only OpenAI's release has one
             return "openai-tf", path
@@ -61,8 +73,9 @@ def detect_format(path):
         if (path / PYTORCH_FILE).exists():
             return "pytorch", path / PYTORCH_FILE
         raise CheckpointError(
-            f"{path}: not a GPT-2 checkpoint directory; expected {WEIGHTS_FILE}, {PYTORCH_FILE}, "
-            f"or OpenAI's hparams.json + model.ckpt.index"
+            f"{path}: neither a GPT-2 checkpoint directory ({WEIGHTS_FILE}, {PYTORCH_FILE}, or "
+            f"OpenAI's hparams.json + model.ckpt.index) nor a training run directory (a "
+            f"{RUN_CHECKPOINT_DIR}/ directory written by `train`)"
         )
     if path.suffix == ".safetensors":
         return "safetensors", path

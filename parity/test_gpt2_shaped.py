@@ -162,7 +162,7 @@ def assert_same_params(loaded, expected, dtype, who):
         assert np.array_equal(got, value.astype(dtype)), f"{who}: {name} differs from the file"
 
 
-@pytest.mark.parametrize(("source", "fmt", "attn", "dtype", "device"), map(run_param, RUNS))
+@pytest.mark.parametrize(("source", "fmt", "attn", "dtype", "device"), [run_param(r) for r in RUNS])
 def test_loaded_weights_agree(sources, parity_record, source, fmt, attn, dtype, device):
     src = sources(source)
     path = src.dirs[fmt]

@@ -86,6 +86,32 @@ def test_train_writes_a_checkpoint_metrics_and_samples(trained):
     assert config == GPTConfig.preset("tiny", context_length=16)
 
 
+def test_every_command_takes_the_run_directory(trained, tmp_path):
+    """What `train --out` made is accepted wherever a checkpoint is, as `--resume` accepts it."""
+    out, _ = trained
+    for command in (
+        ["generate", "--prompt", "The", "--temperature", 0, "--max-new-tokens", 5],
+        ["eval", "--data", out.parent / "corpus.txt", "--batch-size", 2],
+    ):
+        by_run = invoke(*command, "--checkpoint", out)
+        by_checkpoint = invoke(*command, "--checkpoint", out / "checkpoint")
+        assert by_run.exit_code == 0, by_run.output
+        assert by_run.stdout == by_checkpoint.stdout
+    assert invoke("info", out).stdout == invoke("info", out / "checkpoint").stdout
+    result = invoke("convert", out, tmp_path / "converted")
+    assert result.exit_code == 0, result.output
+    assert tree_bytes(tmp_path / "converted") == {
+        name: data
+        for name, data in tree_bytes(out / "checkpoint").items()
+        if name in ("model.safetensors", "config.json")
+    }
+
+
+def test_a_directory_that_is_neither_names_both_forms(files, tmp_path):
+    result = invoke("generate", "--checkpoint", tmp_path, "--prompt", "Hi")
+    assert_user_error(result, "neither a GPT-2 checkpoint directory", "nor a training run")
+
+
 def test_generate_stdout_is_prompt_plus_text_plus_newline(files):
     ckpt = files / "ckpt"
     config, params = checkpoint.load(ckpt)

@@ -307,10 +307,12 @@ def test_bad_settings_and_long_prompts_are_said_in_the_chat(browser, url):
 
 
 def test_a_missing_checkpoint_is_said_in_the_chat_until_it_appears(browser, servers):
+    """The page is served from a training run's directory before the run has written its
+    first checkpoint: the chat says so, and answers once `checkpoint/` appears inside it."""
     open_chat(browser, servers["missing"], first_message="No model to answer with")
     said = messages(browser)[0]
     assert str(servers["missing_checkpoint"]) in said and "no such file or directory" in said
-    write_checkpoint(servers["missing_checkpoint"])
+    write_checkpoint(servers["missing_checkpoint"] / "checkpoint")
     send(browser, PROMPT)  # loading is retried with each message
     wait_for(browser, lambda d: answers(d) and answers(d)[0][1], "an answer")
 

@@ -279,8 +279,9 @@ def test_bare_weights_without_config_must_be_a_gpt2_size(tmp_path, params):
 
 
 def test_what_is_not_a_checkpoint(tmp_path):
-    with pytest.raises(CheckpointError, match="not a GPT-2 checkpoint directory"):
+    with pytest.raises(CheckpointError, match="neither a GPT-2 checkpoint directory") as err:
         load(tmp_path)
+    assert "nor a training run directory (a checkpoint/ directory" in str(err.value)
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(CheckpointError, match="unknown weights file"):
         load(tmp_path / "notes.txt")

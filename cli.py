@@ -51,9 +51,9 @@ def load_generator(checkpoint, backend, device="auto", dtype="float32"):
     """(config, a function prompt_ids, settings, use_kv_cache -> iterator of ids, description)."""
     import numpy as np
 
-    from npgpt.checkpoint import CheckpointError
     from npgpt.config import ConfigError
-    from npgpt.formats import load
+    from npgpt.weights.checkpoint import CheckpointError
+    from npgpt.weights.formats import load
 
     np_dtype = np.float64 if dtype == "float64" else np.float32
     try:
@@ -183,7 +183,7 @@ TRAIN_FLAGS = (  # (flag, click type, help); defaults are TrainSettings'
 
 
 def train_options(command):
-    from npgpt.train import TrainSettings
+    from npgpt.training.loop import TrainSettings
 
     defaults = TrainSettings()
     for flag, kind, text in reversed(TRAIN_FLAGS):
@@ -197,16 +197,16 @@ def train_options(command):
 
 
 def training_backend(name, torch_options):
-    """The backend factory of `npgpt.train`'s interface for --backend NAME."""
+    """The backend factory of `npgpt.training.loop`'s interface for --backend NAME."""
     if name == "numpy":
-        from npgpt.train import numpy_backend
+        from npgpt.training.loop import numpy_backend
 
         given = [f"--{k}" for k, v in torch_options.items() if v != TORCH_DEFAULTS[k]]
         if given:
             fail(f"{', '.join(given)}: only for --backend torch (add --backend torch)")
         return numpy_backend
     require_torch()
-    from torchgpt.train import backend_factory
+    from torchgpt.training import backend_factory
 
     return backend_factory(**torch_options)
 
@@ -233,8 +233,8 @@ def train(config_file, resume, progress, device, amp, attn, compile_, **flags):
     """Train a GPT (from scratch or --resume) on text files or the built-in corpus.
 
     Several GPUs: torchrun --nproc_per_node N cli.py train --backend torch ..."""
-    from npgpt.train import TrainError, resolve_settings, resumed_settings
-    from npgpt.train import train as run_training
+    from npgpt.training.loop import TrainError, resolve_settings, resumed_settings
+    from npgpt.training.loop import train as run_training
 
     given = {key: value for key, value in flags.items() if value not in (None, ())}
     try:
@@ -297,10 +297,10 @@ def evaluate(
 
     import numpy as np
 
-    from npgpt import data as npdata
-    from npgpt.checkpoint import CheckpointError
     from npgpt.config import ConfigError
-    from npgpt.formats import load
+    from npgpt.training import data as npdata
+    from npgpt.weights.checkpoint import CheckpointError
+    from npgpt.weights.formats import load
 
     try:
         config, params = load(checkpoint, dtype=np.float64 if dtype == "float64" else np.float32)
@@ -351,9 +351,9 @@ FORMAT_NAMES = {
 
 def load_or_fail(path, dtype=None):
     """npgpt.load, with every problem turned into one line; dtype None keeps the stored one."""
-    from npgpt.checkpoint import CheckpointError
     from npgpt.config import ConfigError
-    from npgpt.formats import detect_format, load
+    from npgpt.weights.checkpoint import CheckpointError
+    from npgpt.weights.formats import detect_format, load
 
     try:
         kind, _ = detect_format(path)
@@ -390,8 +390,8 @@ def describe_dtypes(params):
 def download(model, source, directory, base_url):
     """Fetch GPT-2 weights: MODEL is gpt2, gpt2-medium, gpt2-large or gpt2-xl. Resumes partial
     files; files verified by an earlier run are skipped. Prints the directory."""
-    from npgpt.download import DownloadError
-    from npgpt.download import download as fetch
+    from npgpt.weights.download import DownloadError
+    from npgpt.weights.download import download as fetch
 
     directory = directory or f"models/{model}" + ("-hf" if source == "hf" else "")
     try:
@@ -415,7 +415,7 @@ def convert(src, dst, dtype, overwrite):
 
     import numpy as np
 
-    from npgpt.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save
+    from npgpt.weights.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save
 
     if dtype == "bfloat16":
         fail("--dtype bfloat16: NumPy has no bfloat16, so npgpt cannot write it; use float16")
@@ -440,8 +440,8 @@ def convert(src, dst, dtype, overwrite):
 def info(path):
     """Describe the GPT-2 weights at PATH (any checkpoint `generate` reads, or a training run
     directory): format, config, parameter count, dtype, size."""
-    from npgpt.formats import checkpoint_path
     from npgpt.names import num_params
+    from npgpt.weights.formats import checkpoint_path
 
     kind, config, params = load_or_fail(path)
     size, n_files = size_on_disk(checkpoint_path(path))

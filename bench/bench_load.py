@@ -22,7 +22,7 @@ import npgpt
 from npgpt.config import GPTConfig
 from npgpt.model import init_params
 from npgpt.names import num_params
-from npgpt.openai_checkpoint import load_openai, save_openai
+from npgpt.weights.openai import load_openai, save_openai
 
 TARGET_SECONDS = 2.0
 

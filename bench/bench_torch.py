@@ -37,7 +37,7 @@ from npgpt.sampling import SamplingSettings
 from torchgpt.device import resolve_device
 from torchgpt.generate import generate
 from torchgpt.model import ATTN_CHOICES, GPT
-from torchgpt.train import AMP_DTYPES, enable_tf32, make_optimizer
+from torchgpt.training import AMP_DTYPES, enable_tf32, make_optimizer
 
 # Dense tensor-core peaks in TFLOP/s, from the vendors' datasheets: (bf16/fp16, tf32).
 # Matched against torch.cuda.get_device_name in this order (the first substring found wins).

@@ -12,11 +12,11 @@ Reading order: npgpt/README.md. The public API:
 ['h.0.attn.c_attn.bias', 'h.0.attn.c_attn.weight']
 """
 
-from npgpt.checkpoint import save
 from npgpt.config import PRESETS, GPTConfig
-from npgpt.formats import load
 from npgpt.model import backward, forward, init_params
 from npgpt.tokenizer import get_tokenizer
+from npgpt.weights.checkpoint import save
+from npgpt.weights.formats import load
 
 __all__ = [
     "GPTConfig",

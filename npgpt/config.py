@@ -128,7 +128,7 @@ class GPTConfig:
             raise ConfigError(f"Hugging Face config is missing the key {missing}") from None
 
     def save_json(self, path):
-        from npgpt.checkpoint import atomic_write_text  # checkpoint imports this module
+        from npgpt.weights.checkpoint import atomic_write_text  # checkpoint imports this module
 
         atomic_write_text(path, json.dumps(self.to_hf(), indent=2) + "\n")
 

@@ -9,12 +9,13 @@ Sources of weights:
            when that variable is set
 
 Each synthetic source is written in three formats: OpenAI's TensorFlow checkpoint
-(`npgpt.openai_checkpoint.save_openai`), npgpt's safetensors directory (`npgpt.checkpoint.save`)
-and a Hugging Face `save_pretrained`-style safetensors file whose keys carry the `transformer.`
-prefix and the causal-mask buffers. Every test loads a directory through `npgpt.formats.load`
-(npgpt's side) and `torchgpt.model.load` (torch's side), checks that both hold exactly the
-written numbers (bit for bit), then runs a real sentence, tokenized with GPT-2's tokenizer,
-through both and compares every activation and gradient as the random-model properties do.
+(`npgpt.weights.openai.save_openai`), npgpt's safetensors directory
+(`npgpt.weights.checkpoint.save`) and a Hugging Face `save_pretrained`-style safetensors file whose
+keys carry the `transformer.` prefix and the causal-mask buffers. Every test loads a directory
+through `npgpt.load` (npgpt's side) and `torchgpt.model.load` (torch's side), checks that both
+hold exactly the written numbers (bit for bit), then runs a real sentence, tokenized with GPT-2's
+tokenizer, through both and compares every activation and gradient as the random-model
+properties do.
 
 npgpt's reference run depends only on the parameters, and each test first proves that the loaded
 parameters are bit-identical to the written ones; so the reference is computed once per source
@@ -31,10 +32,10 @@ from safetensors.numpy import save_file
 
 import npgpt
 import torchgpt
-from npgpt.checkpoint import WEIGHTS_FILE
 from npgpt.config import GPTConfig
-from npgpt.openai_checkpoint import save_openai
 from npgpt.tokenizer import get_tokenizer
+from npgpt.weights.checkpoint import WEIGHTS_FILE
+from npgpt.weights.openai import save_openai
 from parity import oracle
 from parity.conftest import CUDA_SKIP
 from parity.strategies import random_params

@@ -2,7 +2,7 @@
 
 import pytest
 
-from npgpt.data import builtin_documents
+from npgpt.training.data import builtin_documents
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from npgpt import checkpoint
-from npgpt.checkpoint import CheckpointError, atomic_write, atomic_write_text, load, save
 from npgpt.config import GPTConfig
 from npgpt.model import init_params
+from npgpt.weights import checkpoint
+from npgpt.weights.checkpoint import CheckpointError, atomic_write, atomic_write_text, load, save
 
 CFG = GPTConfig(vocab_size=37, context_length=8, emb_dim=8, n_heads=2, n_layers=2)
 

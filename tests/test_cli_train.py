@@ -9,13 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from npgpt import checkpoint
 from npgpt.config import GPTConfig
-from npgpt.data import builtin_documents
 from npgpt.generate import generate
 from npgpt.model import init_params
 from npgpt.sampling import SamplingSettings
 from npgpt.tokenizer import get_tokenizer
+from npgpt.training.data import builtin_documents
+from npgpt.weights import checkpoint
 
 SMALL = GPTConfig(context_length=16, emb_dim=16, n_heads=2, n_layers=1)
 
@@ -158,8 +158,8 @@ def test_eval_reports_loss_and_perplexity(files):
     # an untrained model is close to uniform over the vocabulary
     assert abs(loss - math.log(SMALL.vocab_size)) < 0.5
     # the same number by hand, over the first 2 batches of 4 windows
-    from npgpt import data
     from npgpt.model import forward
+    from npgpt.training import data
 
     config, params = checkpoint.load(ckpt)
     ids = data.token_ids([(files / "corpus.txt").read_text()], files / "cache")

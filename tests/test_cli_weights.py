@@ -12,7 +12,7 @@ import npgpt
 from npgpt.config import GPTConfig
 from npgpt.model import init_params
 from npgpt.names import num_params
-from npgpt.openai_checkpoint import save_openai
+from npgpt.weights.openai import save_openai
 
 CFG = GPTConfig(vocab_size=61, context_length=16, emb_dim=8, n_heads=2, n_layers=2)
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from npgpt import data
 from npgpt.tokenizer import EOT_ID, get_tokenizer
+from npgpt.training import data
 
 
 def test_builtin_corpus_is_built_from_pydoc_topics():

@@ -1,5 +1,6 @@
-"""npgpt.download against a local HTTP server on 127.0.0.1 (started here, in a thread): whole
-downloads, dropped connections resumed with Range, 404, size mismatches, skip and re-verify."""
+"""npgpt.weights.download against a local HTTP server on 127.0.0.1 (started here, in a
+thread): whole downloads, dropped connections resumed with Range, 404, size mismatches, skip
+and re-verify."""
 
 import hashlib
 import http.server
@@ -12,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from npgpt.download import (
+from npgpt.weights.download import (
     BASE_URL_ENV,
     HF_FILES,
     MANIFEST_FILE,

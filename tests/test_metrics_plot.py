@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from npgpt import metrics
-from npgpt.plot import plot_losses
+from npgpt.training import metrics
+from npgpt.training.plot import plot_losses
 
 RECORDS = [
     {"step": 0, "tokens": 0, "loss": None, "lr": None, "tokens_per_s": None,

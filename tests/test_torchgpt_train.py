@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from trainrun import checkpoint_files, deterministic, kill_inside_step
 
 import cli
-from npgpt import metrics
-from npgpt.train import numpy_backend, resolve_settings, train
-from torchgpt.train import backend_factory
+from npgpt.training import metrics
+from npgpt.training.loop import numpy_backend, resolve_settings, train
+from torchgpt.training import backend_factory
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

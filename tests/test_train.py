@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from trainrun import checkpoint_files, deterministic, kill_inside_step
 
-from npgpt import metrics, snapshot
-from npgpt.train import (
+from npgpt.training import metrics, snapshot
+from npgpt.training.loop import (
     TrainError,
     TrainSettings,
     numpy_backend,

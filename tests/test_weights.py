@@ -12,14 +12,14 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from npgpt import tf_bundle
-from npgpt.checkpoint import CheckpointError, save
 from npgpt.config import GPTConfig
-from npgpt.crc32c import crc32c, crc32c_bytewise
-from npgpt.formats import detect_format, load
 from npgpt.model import init_params
 from npgpt.names import param_shapes
-from npgpt.openai_checkpoint import openai_name, openai_shape, save_openai
+from npgpt.weights import tf_bundle
+from npgpt.weights.checkpoint import CheckpointError, save
+from npgpt.weights.crc32c import crc32c, crc32c_bytewise
+from npgpt.weights.formats import detect_format, load
+from npgpt.weights.openai import openai_name, openai_shape, save_openai
 
 CFG = GPTConfig(vocab_size=53, context_length=16, emb_dim=8, n_heads=2, n_layers=2)
 DATA = "model.ckpt.data-00000-of-00001"

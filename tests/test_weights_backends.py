@@ -17,9 +17,9 @@ import torchgpt
 from npgpt.config import GPTConfig
 from npgpt.generate import generate as np_generate
 from npgpt.model import init_params
-from npgpt.openai_checkpoint import save_openai
 from npgpt.sampling import SamplingSettings
 from npgpt.tokenizer import get_tokenizer
+from npgpt.weights.openai import save_openai
 from torchgpt.generate import generate as torch_generate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

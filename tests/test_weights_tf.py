@@ -9,13 +9,14 @@ import shutil
 import numpy as np
 import pytest
 
-from npgpt import openai_checkpoint, tf_bundle
-from npgpt.checkpoint import CheckpointError
 from npgpt.config import GPTConfig
-from npgpt.formats import load
 from npgpt.model import init_params
 from npgpt.names import param_shapes
-from npgpt.openai_checkpoint import load_openai, openai_name, openai_shape, save_openai
+from npgpt.weights import openai as openai_checkpoint
+from npgpt.weights import tf_bundle
+from npgpt.weights.checkpoint import CheckpointError
+from npgpt.weights.formats import load
+from npgpt.weights.openai import load_openai, openai_name, openai_shape, save_openai
 
 CFG = GPTConfig(vocab_size=53, context_length=16, emb_dim=8, n_heads=2, n_layers=2)
 

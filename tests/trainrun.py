@@ -15,12 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 KILLED_RUN = """
 import dataclasses, json, sys, time
-from npgpt.train import numpy_backend, resolve_settings, train
+from npgpt.training.loop import numpy_backend, resolve_settings, train
 
 settings, marker = resolve_settings(json.loads(sys.argv[1])), sys.argv[2]
 backend_name, kill_step = sys.argv[3], int(sys.argv[4])
 if backend_name == "torch":
-    from torchgpt.train import backend_factory
+    from torchgpt.training import backend_factory
     make_backend = backend_factory(device="cpu")
 else:
     make_backend = numpy_backend

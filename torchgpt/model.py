@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import npgpt
-from npgpt.checkpoint import check_params
 from npgpt.crossentropy import IGNORE_INDEX
 from npgpt.names import dropout_mask_shapes, param_shapes
+from npgpt.weights.checkpoint import check_params
 from torchgpt.device import resolve_device, resolve_dtype
 
 ATTN_CHOICES = ("math", "sdpa")

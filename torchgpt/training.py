@@ -19,11 +19,12 @@ then starts afresh: numpy's generator state means nothing to torch).
 
 Data parallel. Every process runs npgpt's loop in lock-step, so every one knows the global
 batch; `--batch-size` is the micro-batch of all processes together, and each takes its own
-contiguous rows of it (`npgpt.data.shard`). The same command thus trains the same model on any
-number of processes. DDP averages the gradients across processes during the backward of the
-last micro-batch of an accumulation only (`no_sync` on the others); the loss reported is the
-mean over processes. Process 0 alone logs, samples and writes checkpoints; at a checkpoint every
-process hands in its RNG state first (an all-gather), so that `--resume` restores each one's.
+contiguous rows of it (`npgpt.training.data.shard`). The same command thus trains the same
+model on any number of processes. DDP averages the gradients across processes during the
+backward of the last micro-batch of an accumulation only (`no_sync` on the others); the loss
+reported is the mean over processes. Process 0 alone logs, samples and writes checkpoints; at a
+checkpoint every process hands in its RNG state first (an all-gather), so that `--resume`
+restores each one's.
 """
 
 import atexit
@@ -39,9 +40,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from npgpt.data import shard
 from npgpt.optim import AdamWSettings, decaying
-from npgpt.train import Backend, TrainError, adamw_settings
+from npgpt.training.data import shard
+from npgpt.training.loop import Backend, TrainError, adamw_settings
 from torchgpt.device import resolve_device
 from torchgpt.generate import generate
 from torchgpt.model import ATTN_CHOICES, GPT
@@ -91,7 +92,7 @@ class Ranks:
     local_rank: int = 0
 
     def rows(self, batch_size):
-        """This rank's contiguous slice of a micro-batch's rows (`npgpt.data.shard`)."""
+        """This rank's contiguous slice of a micro-batch's rows (`npgpt.training.data.shard`)."""
         mine = shard(list(range(batch_size)), self.rank, self.world_size)
         return slice(mine[0], mine[-1] + 1)
 
@@ -221,7 +222,7 @@ def restore_rng_states(states, ranks, device, scaler, settings, step):
 
 
 def backend_factory(device="auto", amp="off", attn="sdpa", compile=False):
-    """The `make_backend` of `npgpt.train`'s interface, for these torch-only options."""
+    """The `make_backend` of `npgpt.training.loop`'s interface, for these torch-only options."""
     if amp not in AMP_DTYPES:
         raise TrainError(f"--amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
     if attn not in ATTN_CHOICES:

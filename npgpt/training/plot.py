@@ -1,6 +1,6 @@
 """The loss plot: training and validation loss against steps and against tokens seen.
 
-Two panels side by side, from the metrics records (`npgpt.metrics`): the per-step training
+Two panels side by side, from the metrics records (`npgpt.training.metrics`): the per-step training
 loss (thin), the evaluated train and validation losses (markers). Tokens seen on the second
 axis make runs with different batch sizes comparable. matplotlib is optional (the `plot`
 extra); without it `plot_losses` prints a note and returns False.
@@ -8,7 +8,7 @@ extra); without it `plot_losses` prints a note and returns False.
 
 import sys
 
-from npgpt.checkpoint import atomic_write
+from npgpt.weights.checkpoint import atomic_write
 
 
 def plot_losses(records, path, title=""):

@@ -4,7 +4,7 @@
       hparams.json                     {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768,
                                         "n_head": 12, "n_layer": 12}
       checkpoint                       names the prefix: model_checkpoint_path: "model.ckpt"
-      model.ckpt.index, model.ckpt.data-00000-of-00001   the tensors (see npgpt/tf_bundle.py)
+      model.ckpt.index, model.ckpt.data-00000-of-00001   the tensors (see tf_bundle.py)
       model.ckpt.meta                  the TF1 graph; not needed to read the weights
       encoder.json, vocab.bpe          the BPE tokenizer (npgpt uses tiktoken's identical copy)
 
@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from npgpt import tf_bundle
-from npgpt.checkpoint import CheckpointError, atomic_write_text, check_params
 from npgpt.config import ConfigError, GPTConfig
 from npgpt.names import param_shapes
+from npgpt.weights import tf_bundle
+from npgpt.weights.checkpoint import CheckpointError, atomic_write_text, check_params
 
 HPARAMS_FILE = "hparams.json"
 CHECKPOINT_FILE = "checkpoint"

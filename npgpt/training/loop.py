@@ -59,7 +59,7 @@ The backend interface. The loop never touches a tensor; it calls the plain funct
     )
 
 `numpy_backend` below is npgpt's; the PyTorch twin supplies its own factory to the same `train`
-(`cli.py train --backend torch` takes it from `torchgpt.train.backend_factory`). Everything else,
+(`cli.py train --backend torch` takes it from `torchgpt.training.backend_factory`). Everything else,
 the data, schedule, metrics, plot, checkpoint files and resume, is this file's, for both.
 """
 
@@ -77,13 +77,15 @@ import numpy as np
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
-from npgpt import checkpoint, data, metrics, model, optim, snapshot
+from npgpt import model, optim
 from npgpt.config import PRESETS, ConfigError, GPTConfig
 from npgpt.generate import generate
-from npgpt.plot import plot_losses
 from npgpt.sampling import SamplingSettings
 from npgpt.schedule import learning_rate
 from npgpt.tokenizer import get_tokenizer
+from npgpt.training import data, metrics, snapshot
+from npgpt.training.plot import plot_losses
+from npgpt.weights import checkpoint
 
 CHECKPOINT_DIR = "checkpoint"
 OPTIMIZER_FILE = "optimizer.safetensors"

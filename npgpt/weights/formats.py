@@ -6,7 +6,7 @@
                   .safetensors file
     pytorch       a directory with pytorch_model.bin, or a .bin     torch.load(weights_only=True):
                   file (older Hugging Face uploads)                 tensors only, never pickle code
-    openai-tf     a directory with hparams.json + model.ckpt.index  npgpt.openai_checkpoint
+    openai-tf     a directory with hparams.json + model.ckpt.index  npgpt.weights.openai
                   (OpenAI's own release, what the book downloads)
 
 The config comes from `config.json` beside the weights (Hugging Face's form), or `hparams.json`
@@ -15,7 +15,7 @@ shapes are exactly those of one of the four GPT-2 sizes. Every loader ends in
 `checkpoint.check_params`, which lists every missing, unexpected and mis-shaped tensor.
 
 >>> import tempfile
->>> from npgpt.checkpoint import save
+>>> from npgpt.weights.checkpoint import save
 >>> from npgpt.config import GPTConfig
 >>> from npgpt.model import init_params
 >>> cfg = GPTConfig.preset("tiny")
@@ -31,8 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from npgpt import openai_checkpoint
-from npgpt.checkpoint import (
+from npgpt.config import PRESETS, ConfigError, GPTConfig
+from npgpt.names import param_shapes
+from npgpt.weights import openai as openai_checkpoint
+from npgpt.weights.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     CheckpointError,
@@ -40,8 +42,6 @@ from npgpt.checkpoint import (
     hf_tensors_to_params,
     read_safetensors,
 )
-from npgpt.config import PRESETS, ConfigError, GPTConfig
-from npgpt.names import param_shapes
 
 PYTORCH_FILE = "pytorch_model.bin"
 RUN_CHECKPOINT_DIR = "checkpoint"  # a training run directory keeps its checkpoint here

@@ -39,7 +39,7 @@ and every other key is a tensor's name with its BundleEntryProto:
   1 dtype (DataType enum: 1 float32, 2 float64, 3 int32, 19 float16, 14 bfloat16, ...)
   2 shape (TensorShapeProto: repeated field 2 `dim`, each with field 1 `size`)
   3 shard_id   4 offset   5 size      where the bytes are in PREFIX.data-{shard_id}-of-{N}
-  6 crc32c (fixed32)                  masked CRC-32C of those bytes (see `npgpt.crc32c`)
+  6 crc32c (fixed32)                  masked CRC-32C of those bytes (see `npgpt.weights.crc32c`)
   7 slices                            set only for partitioned variables (not supported here)
 
 `read_bundle` checks every CRC, bound and size, so a truncated or corrupt checkpoint is a
@@ -61,8 +61,8 @@ from pathlib import Path
 
 import numpy as np
 
-from npgpt.checkpoint import CheckpointError, atomic_write
-from npgpt.crc32c import crc32c, mask, unmask
+from npgpt.weights.checkpoint import CheckpointError, atomic_write
+from npgpt.weights.crc32c import crc32c, mask, unmask
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_BYTES = 48

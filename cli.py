@@ -183,7 +183,7 @@ TRAIN_FLAGS = (  # (flag, click type, help); defaults are TrainSettings'
 
 
 def train_options(command):
-    from npgpt.training.loop import TrainSettings
+    from npgpt.training.settings import TrainSettings
 
     defaults = TrainSettings()
     for flag, kind, text in reversed(TRAIN_FLAGS):
@@ -197,9 +197,9 @@ def train_options(command):
 
 
 def training_backend(name, torch_options):
-    """The backend factory of `npgpt.training.loop`'s interface for --backend NAME."""
+    """The backend factory of `npgpt.training.settings`'s interface for --backend NAME."""
     if name == "numpy":
-        from npgpt.training.loop import numpy_backend
+        from npgpt.training.settings import numpy_backend
 
         given = [f"--{k}" for k, v in torch_options.items() if v != TORCH_DEFAULTS[k]]
         if given:
@@ -233,8 +233,8 @@ def train(config_file, resume, progress, device, amp, attn, compile_, **flags):
     """Train a GPT (from scratch or --resume) on text files or the built-in corpus.
 
     Several GPUs: torchrun --nproc_per_node N cli.py train --backend torch ..."""
-    from npgpt.training.loop import TrainError, resolve_settings, resumed_settings
-    from npgpt.training.loop import train as run_training
+    from npgpt.training.settings import TrainError, resolve_settings, resumed_settings
+    from npgpt.training.settings import train as run_training
 
     given = {key: value for key, value in flags.items() if value not in (None, ())}
     try:
@@ -298,7 +298,7 @@ def evaluate(
     import numpy as np
 
     from npgpt.config import ConfigError
-    from npgpt.training import data as npdata
+    from npgpt.training import corpus as npdata
     from npgpt.weights.checkpoint import CheckpointError
     from npgpt.weights.formats import load
 

@@ -14,7 +14,7 @@ from npgpt.generate import generate
 from npgpt.model import init_params
 from npgpt.sampling import SamplingSettings
 from npgpt.tokenizer import get_tokenizer
-from npgpt.training.data import builtin_documents
+from npgpt.training.corpus import builtin_documents
 from npgpt.weights import checkpoint
 
 SMALL = GPTConfig(context_length=16, emb_dim=16, n_heads=2, n_layers=1)
@@ -159,7 +159,7 @@ def test_eval_reports_loss_and_perplexity(files):
     assert abs(loss - math.log(SMALL.vocab_size)) < 0.5
     # the same number by hand, over the first 2 batches of 4 windows
     from npgpt.model import forward
-    from npgpt.training import data
+    from npgpt.training import corpus as data
 
     config, params = checkpoint.load(ckpt)
     ids = data.token_ids([(files / "corpus.txt").read_text()], files / "cache")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from npgpt.tokenizer import EOT_ID, get_tokenizer
-from npgpt.training import data
+from npgpt.training import corpus as data
 
 
 def test_builtin_corpus_is_built_from_pydoc_topics():

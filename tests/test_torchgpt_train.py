@@ -20,7 +20,7 @@ from trainrun import checkpoint_files, deterministic, kill_inside_step
 
 import cli
 from npgpt.training import metrics
-from npgpt.training.loop import numpy_backend, resolve_settings, train
+from npgpt.training.settings import numpy_backend, resolve_settings, train
 from torchgpt.training import backend_factory
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -8,7 +8,7 @@ import pytest
 from trainrun import checkpoint_files, deterministic, kill_inside_step
 
 from npgpt.training import metrics, snapshot
-from npgpt.training.loop import (
+from npgpt.training.settings import (
     TrainError,
     TrainSettings,
     numpy_backend,

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 KILLED_RUN = """
 import dataclasses, json, sys, time
-from npgpt.training.loop import numpy_backend, resolve_settings, train
+from npgpt.training.settings import numpy_backend, resolve_settings, train
 
 settings, marker = resolve_settings(json.loads(sys.argv[1])), sys.argv[2]
 backend_name, kill_step = sys.argv[3], int(sys.argv[4])

@@ -41,8 +41,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from npgpt.optim import AdamWSettings, decaying
-from npgpt.training.data import shard
-from npgpt.training.loop import Backend, TrainError, adamw_settings
+from npgpt.training.corpus import shard
+from npgpt.training.settings import Backend, TrainError, adamw_settings
 from torchgpt.device import resolve_device
 from torchgpt.generate import generate
 from torchgpt.model import ATTN_CHOICES, GPT
@@ -222,7 +222,7 @@ def restore_rng_states(states, ranks, device, scaler, settings, step):
 
 
 def backend_factory(device="auto", amp="off", attn="sdpa", compile=False):
-    """The `make_backend` of `npgpt.training.loop`'s interface, for these torch-only options."""
+    """The `make_backend` of `npgpt.training.settings`'s interface, for these torch-only options."""
     if amp not in AMP_DTYPES:
         raise TrainError(f"--amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
     if attn not in ATTN_CHOICES:

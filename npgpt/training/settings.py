@@ -83,7 +83,8 @@ from npgpt.generate import generate
 from npgpt.sampling import SamplingSettings
 from npgpt.schedule import learning_rate
 from npgpt.tokenizer import get_tokenizer
-from npgpt.training import data, metrics, snapshot
+from npgpt.training import corpus as data
+from npgpt.training import metrics, snapshot
 from npgpt.training.plot import plot_losses
 from npgpt.weights import checkpoint
 

@@ -152,66 +152,41 @@ def generate(
 # ---- train, eval ---------------------------------------------------------------------------
 
 
-TRAIN_FLAGS = (  # (flag, click type, help); defaults are TrainSettings'
-    ("--preset", str, "Model size: tiny, small, gpt2, gpt2-medium, ... (npgpt.config)."),
-    ("--data", str, "Text file or glob, repeatable (default: the built-in corpus)."),
-    ("--context-length", int, "Tokens per window (default: the preset's)."),
-    ("--stride", int, "Tokens between window starts (default: context length)."),
-    ("--val-fraction", float, "Share of the tokens held out for validation."),
-    ("--batch-size", int, "Windows per micro-batch."),
-    ("--grad-accum", int, "Micro-batches per optimizer step."),
-    ("--lr", float, "Peak learning rate."),
-    ("--min-lr", float, "Learning rate at the end of the cosine decay."),
-    ("--warmup-steps", int, "Steps of linear warm-up."),
-    ("--max-steps", int, "Optimizer steps."),
-    ("--epochs", float, "Passes over the training windows (replaces --max-steps)."),
-    ("--weight-decay", float, "AdamW's decoupled weight decay (>= 2-D weights only)."),
-    ("--clip", float, "Global gradient-norm clip (0 = off)."),
-    ("--drop-rate", float, "Dropout (default: the preset's)."),
-    ("--eval-every", int, "Steps between train/validation loss evaluations."),
-    ("--eval-batches", int, "Fixed batches per evaluation."),
-    ("--sample-every", int, "Steps between samples."),
-    ("--sample-prompt", str, "Prompt of the periodic samples."),
-    ("--sample-tokens", int, "Tokens per sample (0 = no samples)."),
-    ("--save-every", int, "Steps between checkpoints (one is also written at the end)."),
-    ("--out", str, "Run directory (default: runs/<preset>)."),
-    ("--seed", int, "Seed of initialisation, data order and dropout."),
-    ("--dtype", click.Choice(["float32", "float64"]), "Parameter dtype."),
-    ("--backend", click.Choice(BACKENDS), "numpy (npgpt) or torch (torchgpt)."),
-    ("--cache-dir", str, "Token-id cache directory (default: ~/.cache/npgpt)."),
-)  # fmt: skip
+def train_option(setting):
+    """The click option of one training setting (npgpt.training.settings declares them all).
+    Its default is None, so that `train` knows which flags were typed; the setting's own
+    default applies unless the resumed run or a --config file says otherwise."""
+    shown = f" [default: {setting.default}]" if setting.default not in (None, ()) else ""
+    if setting.value_type is bool:
+        return click.option(setting.flag, is_flag=True, default=None, help=setting.help)
+    kind = click.Choice(setting.choices) if setting.choices else setting.value_type
+    return click.option(
+        setting.flag,
+        type=kind,
+        default=None,
+        multiple=setting.repeatable,
+        help=setting.help + shown,
+    )
 
 
 def train_options(command):
-    from npgpt.training.settings import TrainSettings
+    from npgpt.training.settings import SETTINGS
 
-    defaults = TrainSettings()
-    for flag, kind, text in reversed(TRAIN_FLAGS):
-        default = getattr(defaults, flag[2:].replace("-", "_"))
-        shown = f" [default: {default}]" if default not in (None, ()) else ""
-        multiple = flag == "--data"
-        command = click.option(flag, type=kind, default=None, multiple=multiple, help=text + shown)(
-            command
-        )
+    for setting in reversed(SETTINGS.values()):
+        command = train_option(setting)(command)
     return command
 
 
-def training_backend(name, torch_options):
-    """The backend factory of `npgpt.training.settings`'s interface for --backend NAME."""
+def training_backend(name):
+    """The class that makes the backend for --backend NAME (npgpt.training.backend)."""
     if name == "numpy":
-        from npgpt.training.settings import numpy_backend
+        from npgpt.training.backend import NumpyBackend
 
-        given = [f"--{k}" for k, v in torch_options.items() if v != TORCH_DEFAULTS[k]]
-        if given:
-            fail(f"{', '.join(given)}: only for --backend torch (add --backend torch)")
-        return numpy_backend
+        return NumpyBackend
     require_torch()
-    from torchgpt.training import backend_factory
+    from torchgpt.training import TorchBackend
 
-    return backend_factory(**torch_options)
-
-
-TORCH_DEFAULTS = {"device": "auto", "amp": "off", "attn": "sdpa", "compile": False}
+    return TorchBackend
 
 
 @main.command()
@@ -219,30 +194,19 @@ TORCH_DEFAULTS = {"device": "auto", "amp": "off", "attn": "sdpa", "compile": Fal
 @click.option("--config", "config_file", default=None, help="TOML or JSON file of these flags.")
 @click.option("--resume", default=None, help="Continue the run in this directory.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="torch: auto|cpu|cuda|mps.")
-@click.option(
-    "--amp",
-    type=click.Choice(["off", "bf16", "fp16"]),
-    default="off",
-    show_default=True,
-    help="torch: autocast matmuls to bf16/fp16 (float32 master weights; fp16 adds loss scaling).",
-)
-@click.option("--attn", type=click.Choice(["sdpa", "math"]), default="sdpa", show_default=True)
-@click.option("--compile", "compile_", is_flag=True, help="torch: torch.compile the model.")
-def train(config_file, resume, progress, device, amp, attn, compile_, **flags):
+def train(config_file, resume, progress, **flags):
     """Train a GPT (from scratch or --resume) on text files or the built-in corpus.
 
     Several GPUs: torchrun --nproc_per_node N cli.py train --backend torch ..."""
-    from npgpt.training.settings import TrainError, resolve_settings, resumed_settings
-    from npgpt.training.settings import train as run_training
+    from npgpt.training.loop import train as run_training
+    from npgpt.training.run_directory import resumed_settings
+    from npgpt.training.settings import TrainError, resolve_settings
 
     given = {key: value for key, value in flags.items() if value not in (None, ())}
     try:
         resumed = None if resume is None else resumed_settings(resume)
         settings = resolve_settings(given, config_file, resumed)
-        torch_options = {"device": device, "amp": amp, "attn": attn, "compile": compile_}
-        make_backend = training_backend(settings.backend, torch_options)
-        run_training(settings, make_backend, resume, progress)
+        run_training(settings, training_backend(settings.backend), resume, progress)
     except TrainError as err:
         fail(str(err))
 
@@ -298,7 +262,8 @@ def evaluate(
     import numpy as np
 
     from npgpt.config import ConfigError
-    from npgpt.training import corpus as npdata
+    from npgpt.training import corpus
+    from npgpt.training.windows import Windows, split
     from npgpt.weights.checkpoint import CheckpointError
     from npgpt.weights.formats import load
 
@@ -315,16 +280,16 @@ def evaluate(
     if stride < 1:
         fail(f"--stride must be >= 1, got {stride}")
     try:
-        docs, source = npdata.load_documents(data)
-        ids = npdata.token_ids(docs, cache_dir)
+        docs, source = corpus.load_documents(data)
+        ids = corpus.token_ids(docs, cache_dir)
         if data:
             if len(ids) < T + 1:
-                npdata.split(ids, T, stride, 0.5, source)  # raises the too-short error
-            windows = npdata.Windows(ids, T, stride)
+                split(ids, T, stride, 0.5, source)  # raises the too-short error
+            windows = Windows(ids, T, stride)
         else:
-            windows = npdata.split(ids, T, stride, val_fraction, source)[1]
+            windows = split(ids, T, stride, val_fraction, source)[1]
             source += " validation split"
-    except npdata.DataError as err:
+    except corpus.DataError as err:
         fail(str(err))
     loss_of = eval_function(params, config, backend, device, dtype)
     starts = list(range(0, len(windows), batch_size))[:max_batches]

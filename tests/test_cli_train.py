@@ -68,6 +68,28 @@ def trained(files):
     return out, result
 
 
+def test_every_training_setting_is_a_train_flag():
+    """The flags are made from the settings' declaration: every one is there, with its help and
+    default (shown, not applied: a flag not typed must not override a resumed run's value)."""
+    from npgpt.training.settings import SETTINGS
+
+    options = {p.opts[0]: p for p in cli.train.params if p.opts[0].startswith("--")}
+    assert set(SETTINGS) == {p.name for p in cli.train.params} - {
+        "config_file",
+        "resume",
+        "progress",
+    }
+    for setting in SETTINGS.values():
+        option = options[setting.flag]
+        assert option.default is None and option.help.startswith(setting.help)
+        assert option.multiple == setting.repeatable and option.is_flag == (
+            setting.value_type is bool
+        )
+    assert "[default: 16]" in options["--batch-size"].help
+    assert "[default: 0]" in options["--seed"].help
+    assert list(options["--dtype"].type.choices) == ["float32", "float64"]
+
+
 def test_train_writes_a_checkpoint_metrics_and_samples(trained):
     out, result = trained
     ckpt = out / "checkpoint"
@@ -159,11 +181,12 @@ def test_eval_reports_loss_and_perplexity(files):
     assert abs(loss - math.log(SMALL.vocab_size)) < 0.5
     # the same number by hand, over the first 2 batches of 4 windows
     from npgpt.model import forward
-    from npgpt.training import corpus as data
+    from npgpt.training.corpus import token_ids
+    from npgpt.training.windows import Windows
 
     config, params = checkpoint.load(ckpt)
-    ids = data.token_ids([(files / "corpus.txt").read_text()], files / "cache")
-    windows = data.Windows(ids, 16, 16)
+    ids = token_ids([(files / "corpus.txt").read_text()], files / "cache")
+    windows = Windows(ids, 16, 16)
     x, y = windows.batch(range(8))
     assert loss == pytest.approx(float(forward(params, config, x, y)[1]), abs=1e-4)
     assert "8 windows of 16 tokens" in result.stderr

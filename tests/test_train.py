@@ -8,14 +8,9 @@ import pytest
 from trainrun import checkpoint_files, deterministic, kill_inside_step
 
 from npgpt.training import metrics, snapshot
-from npgpt.training.settings import (
-    TrainError,
-    TrainSettings,
-    numpy_backend,
-    resolve_settings,
-    total_steps,
-    train,
-)
+from npgpt.training.backend import NumpyBackend
+from npgpt.training.loop import train
+from npgpt.training.settings import TrainError, TrainSettings, resolve_settings, total_steps
 
 
 def tiny_settings(corpus, out, **changes):
@@ -30,7 +25,7 @@ def tiny_settings(corpus, out, **changes):
 
 def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
     straight = tiny_settings(corpus, tmp_path / "straight")
-    train(straight, numpy_backend, progress=False)
+    train(straight, NumpyBackend, progress=False)
 
     killed = tiny_settings(corpus, tmp_path / "killed")
     kill_inside_step(killed, 3)  # mid-way: after the checkpoint of step 2
@@ -39,7 +34,7 @@ def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
     assert [r["step"] for r in metrics.read(tmp_path / "killed/metrics.jsonl")][-1] == 2
 
     resumed = resolve_settings({}, resumed=state["settings"])
-    train(resumed, numpy_backend, resume=tmp_path / "killed", progress=False)
+    train(resumed, NumpyBackend, resume=tmp_path / "killed", progress=False)
 
     params_a, moments_a, state_a = checkpoint_files(tmp_path / "straight")
     params_b, moments_b, state_b = checkpoint_files(tmp_path / "killed")
@@ -96,6 +91,22 @@ def test_a_resumed_run_keeps_its_model_and_data():
     assert resolve_settings({"preset": "tiny"}, resumed=saved).preset == "tiny"
     with pytest.raises(TrainError, match="seed = 3 differs from the resumed run's 0"):
         resolve_settings({"seed": 3}, resumed=saved)
+
+
+def test_torch_only_settings_are_refused_by_numpy_and_not_inherited_by_a_resume(tmp_path):
+    toml = tmp_path / "gpu.toml"
+    toml.write_text('backend = "torch"\namp = "bf16"\ncompile = true\n')
+    s = resolve_settings(config_file=toml)
+    assert (s.amp, s.compile, s.device) == ("bf16", True, "auto")
+    with pytest.raises(TrainError, match="--amp, --compile: only for --backend torch"):
+        resolve_settings({"backend": "numpy"}, config_file=toml)
+    resumed = resolve_settings({}, resumed=s.to_dict())  # a resume may change them: not kept
+    assert (resumed.backend, resumed.amp, resumed.compile) == ("torch", "off", False)
+    assert resolve_settings({"amp": "fp16"}, resumed=s.to_dict()).amp == "fp16"
+    with pytest.raises(TrainError, match="--amp bf16 keeps float32 master weights"):
+        resolve_settings({"dtype": "float64"}, config_file=toml)
+    with pytest.raises(TrainError, match="--attn must be one of sdpa, math, got 'flash'"):
+        resolve_settings({"backend": "torch", "attn": "flash"})
 
 
 def make_dir(path, content):

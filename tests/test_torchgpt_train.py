@@ -9,6 +9,7 @@ learning rate, decay group, clipping or moment is >= 1e-4). Kill-and-resume is c
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,13 @@ from click.testing import CliRunner
 from trainrun import checkpoint_files, deterministic, kill_inside_step
 
 import cli
+from npgpt import optim
+from npgpt.model import init_params
 from npgpt.training import metrics
-from npgpt.training.backend import NumpyBackend
+from npgpt.training.backend import Backend, BackendState, NumpyBackend
 from npgpt.training.loop import train
-from npgpt.training.settings import SETTINGS, resolve_settings
+from npgpt.training.run_directory import resumed_settings
+from npgpt.training.settings import SETTINGS, model_config, resolve_settings
 from torchgpt.distributed import shard
 from torchgpt.model import ATTN_CHOICES
 from torchgpt.training import AMP_DTYPES, TorchBackend
@@ -97,6 +101,24 @@ def test_a_checkpoint_trained_by_one_backend_generates_in_the_other(runs, traine
     assert outputs["numpy"].startswith("The") and len(outputs["numpy"]) > len("The\n")
 
 
+@pytest.mark.parametrize("trained_by", ["torch", "numpy"])
+def test_a_run_trained_by_one_backend_resumes_in_the_other(runs, trained_by, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs / trained_by, run)
+    other = "numpy" if trained_by == "torch" else "torch"
+    given = {"backend": other, "max_steps": 5} | ({"device": "cpu"} if other == "torch" else {})
+    resumed = resolve_settings(given, resumed=resumed_settings(run))
+    train(resumed, NumpyBackend if other == "numpy" else TorchBackend, resume=run, progress=False)
+    _, _, state = checkpoint_files(run)
+    assert state["step"] == 5 and state["backend"] == other
+    logged = metrics.read(run / "metrics.jsonl")
+    assert [r["step"] for r in logged] == list(range(6))
+    assert deterministic(logged[:5]) == deterministic(
+        metrics.read(runs / trained_by / "metrics.jsonl")
+    )
+    assert 0 < logged[5]["loss"] < logged[0]["train_loss"]
+
+
 def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
     changes = dict(max_steps=6, grad_accum=1, batch_size=2, drop_rate=0.1, eval_every=3)
     straight = tiny_settings(corpus, tmp_path / "straight", **changes)
@@ -168,6 +190,16 @@ def test_shard_splits_a_global_batch_between_ranks():
     assert [shard(batch, r, 4) for r in range(4)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
     with pytest.raises(ValueError, match="does not split over 3 ranks"):
         shard(batch, 0, 3)
+
+
+def test_torch_backend_is_a_backend(corpus, tmp_path):
+    settings = tiny_settings(corpus, tmp_path / "unused")
+    config = model_config(settings)
+    params = init_params(config, dtype=np.float64)
+    state = BackendState(params, optim.init_state(params), None)
+    backend = TorchBackend(config, settings, state, 0)
+    assert isinstance(backend, Backend) and backend.is_main
+    assert backend.description == "torch float64 on cpu, amp off, attn sdpa"
 
 
 def test_the_torch_choices_are_the_ones_torchgpt_implements():

@@ -7,10 +7,17 @@ import numpy as np
 import pytest
 from trainrun import checkpoint_files, deterministic, kill_inside_step
 
+from npgpt import model, optim
 from npgpt.training import metrics, snapshot
-from npgpt.training.backend import NumpyBackend
+from npgpt.training.backend import Backend, BackendState, NumpyBackend
 from npgpt.training.loop import train
-from npgpt.training.settings import TrainError, TrainSettings, resolve_settings, total_steps
+from npgpt.training.settings import (
+    TrainError,
+    TrainSettings,
+    model_config,
+    resolve_settings,
+    total_steps,
+)
 
 
 def tiny_settings(corpus, out, **changes):
@@ -162,3 +169,21 @@ def test_epochs_set_the_number_of_steps():
     assert total_steps(TrainSettings(max_steps=7), 1000) == 7
     settings = TrainSettings(epochs=1.5, batch_size=4, grad_accum=2, max_steps=7)
     assert total_steps(settings, 100) == 19  # ceil(1.5 * 100 / 8)
+
+
+def test_numpy_backend_is_a_backend_whose_state_is_what_it_trains():
+    settings = TrainSettings(dtype="float64")
+    config = model_config(settings)
+    params = model.init_params(config, dtype=np.float64)
+    backend = NumpyBackend(
+        config, settings, BackendState(params, optim.init_state(params), None), 0
+    )
+    assert isinstance(backend, Backend)
+    x = np.arange(2 * 8).reshape(2, 8) % config.vocab_size
+    before = backend.state().params["wte.weight"].copy()
+    loss, norm = backend.train_step([(x, x), (x, x)], lr=1e-3)
+    assert isinstance(loss, float) and isinstance(norm, float) and norm > 0
+    state = backend.state()
+    assert not np.array_equal(state.params["wte.weight"], before)
+    assert np.any(state.moments["exp_avg.wte.weight"] != 0)
+    assert state.rng["bit_generator"] == "PCG64"

@@ -16,14 +16,12 @@ satisfy the protocol by their methods' shapes alone: neither inherits from it.
 """
 
 import typing
-from collections.abc import Callable
 
 import numpy as np
 
 from npgpt import model, optim
-from npgpt.config import GPTConfig
 from npgpt.generate import generate
-from npgpt.training.settings import TrainSettings, adamw_settings
+from npgpt.training.settings import adamw_settings
 
 
 class BackendState(typing.NamedTuple):
@@ -34,7 +32,10 @@ class BackendState(typing.NamedTuple):
     rng: typing.Any  # a JSON-serialisable RNG state that the same backend restores; None: fresh
 
 
+@typing.runtime_checkable
 class Backend(typing.Protocol):
+    """What the loop calls; each backend is a class with these members (see above)."""
+
     description: str  # e.g. "numpy float32", shown when the run starts
     # Whether this process prints, samples and writes the run directory: True in a single
     # process. Under data parallelism (torchgpt) every process runs the loop in lock-step and
@@ -62,9 +63,6 @@ class Backend(typing.Protocol):
         ...
 
 
-MakeBackend = Callable[[GPTConfig, TrainSettings, BackendState, int], Backend]
-
-
 class NumpyBackend:
     """npgpt's backend: model.forward/backward, optim.clip_grad_norm and optim.adamw_step."""
 
@@ -73,9 +71,7 @@ class NumpyBackend:
     def __init__(self, config, settings, state, step):
         self.config, self.clip = config, settings.clip
         self.params, self.moments = state.params, state.moments
-        self.rng = np.random.default_rng(settings.seed)  # dropout masks
-        if state.rng is not None:
-            self.rng.bit_generator.state = state.rng
+        self.rng = dropout_rng(settings.seed, state.rng, step)
         self.updates = step
         self.adamw = adamw_settings(settings)
         self.description = f"numpy {settings.dtype}"
@@ -106,3 +102,16 @@ class NumpyBackend:
 
     def state(self):
         return BackendState(self.params, self.moments, self.rng.bit_generator.state)
+
+
+def dropout_rng(seed, rng_state, step):
+    """The generator of the dropout masks: from the seed for a fresh run, restored for a resumed
+    one. A checkpoint of the torch backend holds torch's RNG states, which mean nothing here:
+    the masks then start afresh from (seed, step) (the run continues, not bit for bit)."""
+    if rng_state is None:
+        return np.random.default_rng(seed)
+    if "bit_generator" not in rng_state:
+        return np.random.default_rng([seed, step])
+    rng = np.random.default_rng(seed)
+    rng.bit_generator.state = rng_state
+    return rng

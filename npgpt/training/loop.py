@@ -150,15 +150,16 @@ def next_micro_batches(job, position):
     return micro_batches, position
 
 
-def fixed_batches(job, split):
+def fixed_batches(job, split_windows):
     """The evaluation batches: the same windows, spread over the split, at every evaluation."""
     B = job.settings.batch_size
-    indices = windows.fixed_indices(len(split), job.settings.eval_batches * B)
-    return [split.batch(indices[i : i + B]) for i in range(0, len(indices), B)]
+    indices = windows.fixed_indices(len(split_windows), job.settings.eval_batches * B)
+    return [split_windows.batch(indices[i : i + B]) for i in range(0, len(indices), B)]
 
 
-def mean_loss(job, split):
-    return float(np.mean([job.backend.eval_loss(x, y) for x, y in fixed_batches(job, split)]))
+def mean_loss(job, split_windows):
+    losses = [job.backend.eval_loss(x, y) for x, y in fixed_batches(job, split_windows)]
+    return float(np.mean(losses))
 
 
 def evaluate(job, record):

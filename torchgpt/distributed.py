@@ -9,8 +9,11 @@ its own contiguous rows of every micro-batch:
 so `--batch-size` means the same thing on any number of processes, and the same command trains
 the same model on 1 or 8 GPUs. The collectives here (an all-reduce of the loss, an all-gather of
 the RNG states) and DDP's gradient all-reduce keep the processes together: one that runs ahead
-waits at the next of them. No barrier is needed; while the main process writes a checkpoint,
-the others go on to the next step and wait there, at the gradient all-reduce.
+waits at the next of them. So no barrier is needed during a run: while the main process writes
+a checkpoint, the others go on to the next step and wait there, at the gradient all-reduce. At
+the end there is no next collective, and a process that tears down its connections while
+another still writes the last checkpoint can abort (SIGABRT, seen with gloo; an NCCL
+communicator's teardown may itself be collective): `leave` waits for all of them first.
 
 >>> shard(list(range(8)), rank=1, world_size=4)
 [2, 3]
@@ -73,8 +76,22 @@ def start_distributed(device_name):
             world_size=world_size,
             device_id=device if device.type == "cuda" else None,
         )
-        atexit.register(dist.destroy_process_group)
+        atexit.register(leave_on_exit)
     return ranks, device
+
+
+def leave(ranks):
+    """Leave the process group together with every other process: the end of a run."""
+    if ranks.world_size > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def leave_on_exit():
+    """A process that ends without `leave` (an error) leaves at once: it cannot wait for the
+    others, which may be stuck waiting for it."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def mean_over_ranks(value, ranks, device):

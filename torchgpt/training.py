@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from npgpt.optim import AdamWSettings, decaying
 from npgpt.training.backend import BackendState
 from npgpt.training.settings import TrainError, adamw_settings
-from torchgpt.distributed import mean_over_ranks, start_distributed
+from torchgpt.distributed import leave, mean_over_ranks, start_distributed
 from torchgpt.generate import generate
 from torchgpt.model import GPT
 from torchgpt.rng import restore_rng_states, rng_states, seed_everything
@@ -189,6 +189,9 @@ class TorchBackend:
             export_moments(self.optimizer, self.model),
             rng_states(self.ranks, self.device, self.scaler),
         )
+
+    def close(self):
+        leave(self.ranks)
 
 
 def join(settings):

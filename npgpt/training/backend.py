@@ -10,7 +10,7 @@ The loop (loop.py) never touches a tensor. Once per run it makes a backend,
                 fresh run, or what a checkpoint holds
       step      updates already done (0 when fresh): the next update is number step + 1
 
-and then calls only the four methods of `Backend`. `NumpyBackend` below is npgpt's, the class
+and then calls only the methods of `Backend`. `NumpyBackend` below is npgpt's, the class
 itself being its `make_backend`; `torchgpt.training.TorchBackend` is the PyTorch twin's. Both
 satisfy the protocol by their methods' shapes alone: neither inherits from it.
 """
@@ -62,6 +62,11 @@ class Backend(typing.Protocol):
         state); the main one writes it."""
         ...
 
+    def close(self) -> None:
+        """The run is over. Returns when every process is done with it (the main one has written
+        the last checkpoint), so that none tears down what the others still use."""
+        ...
+
 
 class NumpyBackend:
     """npgpt's backend: model.forward/backward, optim.clip_grad_norm and optim.adamw_step."""
@@ -102,6 +107,9 @@ class NumpyBackend:
 
     def state(self):
         return BackendState(self.params, self.moments, self.rng.bit_generator.state)
+
+    def close(self):
+        pass  # one process, nothing held but arrays
 
 
 def dropout_rng(seed, rng_state, step):

@@ -101,6 +101,7 @@ def train(settings, make_backend, resume=None, progress=True):
         if run.step % settings.save_every == 0 or last:
             save(job, run)
     bar.close()
+    backend.close()
     if backend.is_main:
         print(f"checkpoint: {out / CHECKPOINT_DIR}", file=sys.stderr)
     return run.records[-1]

@@ -21,21 +21,29 @@ array([[[10.,  0.,  1.],
 array([2., 2., 2.])
 """
 
+from typing import NamedTuple
+
 import numpy as np
+
+
+class EmbeddingCache(NamedTuple):
+    idx: np.ndarray  # (B, T) the token ids: where each row of dx goes
+    wte_shape: tuple  # (V, C)
+    wpe_shape: tuple  # (T_max, C)
+    t0: int  # the position of the first token
 
 
 def forward(idx, wte, wpe, t0=0):
     T = idx.shape[1]
     x = wte[idx] + wpe[t0 : t0 + T]
-    return x, (idx, wte.shape, wpe.shape, t0)
+    return x, EmbeddingCache(idx, wte.shape, wpe.shape, t0)
 
 
 def backward(dx, cache, dwte=None):
-    idx, wte_shape, wpe_shape, t0 = cache
-    C = dx.shape[-1]
+    idx, T, C = cache.idx, cache.idx.shape[1], dx.shape[-1]
     if dwte is None:
-        dwte = np.zeros(wte_shape, dtype=dx.dtype)
+        dwte = np.zeros(cache.wte_shape, dtype=dx.dtype)
     np.add.at(dwte, idx.reshape(-1), dx.reshape(-1, C))  # repeated ids add up, unlike dwte[idx] +=
-    dwpe = np.zeros(wpe_shape, dtype=dx.dtype)
-    dwpe[t0 : t0 + idx.shape[1]] = dx.sum(axis=0)
+    dwpe = np.zeros(cache.wpe_shape, dtype=dx.dtype)
+    dwpe[cache.t0 : cache.t0 + T] = dx.sum(axis=0)
     return dwte, dwpe

@@ -18,20 +18,30 @@ one large BLAS call (a 3-D @ 2-D matmul would be B separate, smaller ones).
 ((2, 3), (3, 4), (4,))
 """
 
+from typing import NamedTuple
+
+import numpy as np
+
+
+class LinearCache(NamedTuple):
+    x: np.ndarray  # (..., C_in) the input, for dw
+    w: np.ndarray  # (C_in, C_out) the weight, for dx
+    has_bias: bool  # whether there is a db to return
+
 
 def forward(x, w, b=None):
     x_2d = x.reshape(-1, x.shape[-1])  # (N, C_in)
     y = x_2d @ w  # (N, C_out)
     if b is not None:
         y += b
-    return y.reshape(*x.shape[:-1], w.shape[1]), (x, w, b is not None)
+    return y.reshape(*x.shape[:-1], w.shape[1]), LinearCache(x, w, b is not None)
 
 
 def backward(dy, cache):
-    x, w, has_bias = cache
+    x, w = cache.x, cache.w
     dy_2d = dy.reshape(-1, dy.shape[-1])  # (N, C_out)
     x_2d = x.reshape(-1, x.shape[-1])  # (N, C_in)
     dx = (dy_2d @ w.T).reshape(x.shape)
     dw = x_2d.T @ dy_2d  # (C_in, C_out)
-    db = dy_2d.sum(axis=0) if has_bias else None
+    db = dy_2d.sum(axis=0) if cache.has_bias else None
     return dx, dw, db

@@ -49,16 +49,16 @@ def weights(params, module):
 
 def forward(x, params, n_heads, eps, drop_rate=0.0, masks=None, past_kv=None):
     """(out, BlockCache); `past_kv` is generation's cached (k, v) of this block's attention."""
-    keep = (masks or {}).get
+    masks = masks or {}
     # attention: x (B, T, C) -> ln_1 -> attn_qkv (B, T, 3C) -> attn_ctx -> attn_c_proj (B, T, C)
     ln_1, ln_1_cache = layernorm.forward(x, *weights(params, "ln_1"), eps)
     attn_qkv, attn_qkv_cache = linear.forward(ln_1, *weights(params, "attn.c_attn"))
     attn_ctx, attn_ctx_cache = attention.forward(
-        attn_qkv, n_heads, drop_rate, keep("attn.drop"), past_kv
+        attn_qkv, n_heads, drop_rate, masks.get("attn.drop"), past_kv
     )
     attn_c_proj, attn_c_proj_cache = linear.forward(attn_ctx, *weights(params, "attn.c_proj"))
     attn_resid_drop, attn_resid_drop_cache = dropout.forward(
-        attn_c_proj, drop_rate, keep("attn.resid_drop")
+        attn_c_proj, drop_rate, masks.get("attn.resid_drop")
     )
     res_1 = x + attn_resid_drop
     # MLP: res_1 (B, T, C) -> ln_2 -> mlp_c_fc, mlp_gelu (B, T, 4C) -> mlp_c_proj (B, T, C)
@@ -67,7 +67,7 @@ def forward(x, params, n_heads, eps, drop_rate=0.0, masks=None, past_kv=None):
     mlp_gelu, mlp_gelu_cache = gelu.forward(mlp_c_fc)
     mlp_c_proj, mlp_c_proj_cache = linear.forward(mlp_gelu, *weights(params, "mlp.c_proj"))
     mlp_resid_drop, mlp_resid_drop_cache = dropout.forward(
-        mlp_c_proj, drop_rate, keep("mlp.resid_drop")
+        mlp_c_proj, drop_rate, masks.get("mlp.resid_drop")
     )
     out = res_1 + mlp_resid_drop
     activations = {
@@ -120,9 +120,11 @@ def backward(dout, cache):
         dattn_c_proj, cache.attn_c_proj
     )
     dattn_qkv, dattn_probs = attention.backward(dattn_ctx, cache.attn_ctx)
-    dln_1, grads["attn.c_attn.weight"], dqkv_bias = linear.backward(dattn_qkv, cache.attn_qkv)
-    if dqkv_bias is not None:
-        grads["attn.c_attn.bias"] = dqkv_bias
+    dln_1, grads["attn.c_attn.weight"], dattn_c_attn_bias = linear.backward(
+        dattn_qkv, cache.attn_qkv
+    )
+    if dattn_c_attn_bias is not None:  # config.qkv_bias
+        grads["attn.c_attn.bias"] = dattn_c_attn_bias
     dx_via_attn, grads["ln_1.weight"], grads["ln_1.bias"] = layernorm.backward(dln_1, cache.ln_1)
     dx = dres_1 + dx_via_attn
     activation_grads = {

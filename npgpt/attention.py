@@ -2,7 +2,7 @@
 
 Forward   q, k, v = split(qkv) into H heads                 qkv: (B, T, 3C); q, k, v: (B, H, T, D)
           s = q @ k^T / sqrt(D), with s[i, j] = -inf where key j comes after query i   (B, H, T, T)
-          p = softmax(s) along j,  p' = dropout(p)
+          p = softmax(s) along j,  p' = dropout(p)  (`p_drop` in the code)
           y = p' @ v, heads merged back                     (B, H, T, D) -> (B, T, C), C = H * D
 Backward  dp' = dy @ v^T,  dv = p'^T @ dy,  dp = dropout backward of dp'
           softmax: dp_ij/ds_ik = p_ij (delta_jk - p_ik), so ds = p * (dp - sum_j(dp * p))

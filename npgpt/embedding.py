@@ -40,10 +40,11 @@ def forward(idx, wte, wpe, t0=0):
 
 
 def backward(dx, cache, dwte=None):
-    idx, T, C = cache.idx, cache.idx.shape[1], dx.shape[-1]
+    idx, wte_shape, wpe_shape, t0 = cache
+    C = dx.shape[-1]
     if dwte is None:
-        dwte = np.zeros(cache.wte_shape, dtype=dx.dtype)
+        dwte = np.zeros(wte_shape, dtype=dx.dtype)
     np.add.at(dwte, idx.reshape(-1), dx.reshape(-1, C))  # repeated ids add up, unlike dwte[idx] +=
-    dwpe = np.zeros(cache.wpe_shape, dtype=dx.dtype)
-    dwpe[cache.t0 : cache.t0 + T] = dx.sum(axis=0)
+    dwpe = np.zeros(wpe_shape, dtype=dx.dtype)
+    dwpe[t0 : t0 + idx.shape[1]] = dx.sum(axis=0)
     return dwte, dwpe

@@ -38,10 +38,10 @@ def forward(x, w, b=None):
 
 
 def backward(dy, cache):
-    x, w = cache.x, cache.w
+    x, w, has_bias = cache
     dy_2d = dy.reshape(-1, dy.shape[-1])  # (N, C_out)
     x_2d = x.reshape(-1, x.shape[-1])  # (N, C_in)
     dx = (dy_2d @ w.T).reshape(x.shape)
     dw = x_2d.T @ dy_2d  # (C_in, C_out)
-    db = dy_2d.sum(axis=0) if cache.has_bias else None
+    db = dy_2d.sum(axis=0) if has_bias else None
     return dx, dw, db

@@ -4,6 +4,10 @@
 
 stdout carries only what a command produces (for `generate`: the prompt and the generated text);
 progress and timings go to stderr. A user error prints one line and exits with status 1.
+
+generate, eval, convert, info and serve are thin over `frontend.py` (a checkpoint on a backend,
+its `UserError`s), which the web page shares; generate's sampling flags are made from the
+settings `npgpt/sampling.py` declares.
 """
 
 import math
@@ -105,17 +109,17 @@ def generate(checkpoint, backend, device, dtype, prompt, no_kv_cache, stream, **
     except UnicodeEncodeError as err:  # undecodable bytes on the command line
         fail(f"--prompt is not text: character {err.start} is not valid UTF-8; pass UTF-8 text")
     model = load_model(checkpoint, backend, device, dtype)
-    answer = Generation(model, encode_prompt(prompt), settings, use_kv_cache=not no_kv_cache)
+    generation = Generation(model, encode_prompt(prompt), settings, use_kv_cache=not no_kv_cache)
     if stream:
         click.echo(prompt, nl=False)
-        for piece in answer:
+        for piece in generation:
             click.echo(piece, nl=False)
         click.echo()
     else:
-        click.echo(prompt + "".join(answer))
+        click.echo(prompt + "".join(generation))
     click.echo(
-        f"{answer.tokens} tokens in {answer.seconds:.2f} s ({answer.rate:.1f} tokens/s, "
-        f"{model.description})",
+        f"{generation.tokens} tokens in {generation.seconds:.2f} s ({generation.rate:.1f} "
+        f"tokens/s, {model.description})",
         err=True,
     )
 

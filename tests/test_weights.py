@@ -299,3 +299,46 @@ def test_bfloat16_safetensors_refused_even_once_ml_dtypes_is_loaded(tmp_path, pa
     write_config(tmp_path / "config.json", CFG)
     with pytest.raises(CheckpointError, match=r"dtype NumPy cannot represent \(ln_f.bias: bfl"):
         load(tmp_path)
+
+
+# --- one check for every format ------------------------------------------------------------
+
+
+def write_in_format(fmt, directory, params):
+    """`params` as the named format writes them (under its own names)."""
+    directory.mkdir()
+    if fmt == "openai-tf":
+        tensors = {openai_name(n): v.reshape(openai_shape(n, v.shape)) for n, v in params.items()}
+        save_openai(directory, CFG, init_params(CFG))  # hparams.json and checkpoint
+        tf_bundle.write_bundle(directory / "model.ckpt", tensors)
+        return directory
+    tensors = {f"transformer.{name}": value for name, value in params.items()}
+    if fmt == "pytorch":
+        torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, directory / "w.bin")
+        weights = directory / "w.bin"
+    else:
+        save_file(tensors, str(directory / "model.safetensors"))
+        weights = directory
+    write_config(directory / "config.json", CFG)
+    return weights
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pytorch", "openai-tf"])
+def test_every_format_passes_the_same_check(tmp_path, params, fmt):
+    bad = dict(params) | {"ln_f.bias": np.arange(8, dtype=np.int32)}
+    del bad["h.1.ln_2.weight"]
+    bad["h.0.mlp.c_fc.bias"] = np.zeros(5, np.float32)
+    with pytest.raises(CheckpointError) as err:
+        load(write_in_format(fmt, tmp_path / fmt, bad), tf_reader="numpy")
+    message = str(err.value)
+    assert "missing keys (1): h.1.ln_2.weight" in message
+    assert "h.0.mlp.c_fc.bias: (5,) in file, (32,) expected" in message
+    assert "not floating point (1): ln_f.bias: int32" in message
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path, params):
+    with pytest.raises(CheckpointError, match="not floating point.*ln_f.bias: int64"):
+        save(tmp_path, CFG, dict(params) | {"ln_f.bias": np.arange(8)})
+    with pytest.raises(CheckpointError, match="not floating point.*wte.weight: int32"):
+        save_openai(tmp_path, CFG, dict(params) | {"wte.weight": np.zeros((53, 8), np.int32)})
+    assert list(tmp_path.iterdir()) == []

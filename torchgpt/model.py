@@ -42,7 +42,7 @@ from torch import nn
 import npgpt
 from npgpt.crossentropy import IGNORE_INDEX
 from npgpt.names import dropout_mask_shapes, param_shapes
-from npgpt.weights.checkpoint import check_params
+from npgpt.weights.check import check_params
 from torchgpt.device import resolve_device, resolve_dtype
 
 ATTN_CHOICES = ("math", "sdpa")

@@ -4,14 +4,25 @@
 
 stdout carries only what a command produces (for `generate`: the prompt and the generated text);
 progress and timings go to stderr. A user error prints one line and exits with status 1.
+
+generate, eval, convert, info and serve are thin over `frontend.py` (a checkpoint on a backend,
+its `UserError`s), which the web page shares; generate's sampling flags are made from the
+settings `npgpt/sampling.py` declares.
 """
 
+import math
 import sys
-import time
+from pathlib import Path
 
 import click
+import numpy as np
 
-BACKENDS = ("numpy", "torch")
+from frontend import Generation, UserError, encode_prompt, load_checkpoint, load_model
+from npgpt.names import num_params
+from npgpt.sampling import SETTINGS, SamplingSettings
+from npgpt.training.settings import BACKENDS, DTYPES
+from npgpt.weights.checkpoint import save
+from npgpt.weights.formats import CONFIG_FILE, WEIGHTS_FILE, checkpoint_path
 
 
 def fail(message):
@@ -26,125 +37,89 @@ def require_torch():
         fail('--backend torch needs PyTorch: pip install -e ".[torch]"')
 
 
-def torch_model(config, params, device, dtype):
-    """A torchgpt.GPT holding `params` on `device` (auto|cpu|cuda|mps)."""
-    require_torch()
-    from torchgpt.device import resolve_device, resolve_dtype
-    from torchgpt.model import GPT
+class Commands(click.Group):
+    """npgpt's commands; a front end's `UserError` becomes Click's one-line error (status 1)."""
 
-    try:
-        torch_device = resolve_device(device)
-    except ValueError as err:
-        fail(str(err))
-    return GPT.from_params(config, params, device=torch_device, dtype=resolve_dtype(dtype))
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            raise click.ClickException(str(err)) from None
 
 
-@click.group()
+@click.group(cls=Commands)
 def main():
     """GPT-2 in NumPy with hand-written backward passes, and its PyTorch twin."""
+
+
+def model_options(command):
+    """--checkpoint, --backend, --device, --dtype: the model a command loads, and where it runs."""
+    options = (
+        click.option(
+            "--checkpoint",
+            required=True,
+            help="Checkpoint directory, weights file or run directory.",
+        ),
+        click.option("--backend", type=click.Choice(BACKENDS), default="numpy", show_default=True),
+        click.option(
+            "--device", default="auto", show_default=True, help="torch: auto|cpu|cuda|mps."
+        ),
+        click.option(
+            "--dtype", type=click.Choice(tuple(DTYPES)), default="float32", show_default=True
+        ),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def sampling_options(command):
+    """One flag per sampling setting (top_k -> --top-k), with the default and help that
+    `npgpt.sampling` declares for it."""
+    for setting in reversed(SETTINGS):
+        option = click.option(
+            "--" + setting.name.replace("_", "-"),
+            type=setting.kind,
+            default=setting.default,
+            multiple=isinstance(setting.default, tuple),
+            show_default=setting.default not in (None, ()),
+            help=setting.help,
+        )
+        command = option(command)
+    return command
 
 
 # ---- generate ------------------------------------------------------------------------------
 
 
-def load_generator(checkpoint, backend, device="auto", dtype="float32"):
-    """(config, a function prompt_ids, settings, use_kv_cache -> iterator of ids, description)."""
-    import numpy as np
-
-    from npgpt.config import ConfigError
-    from npgpt.weights.checkpoint import CheckpointError
-    from npgpt.weights.formats import load
-
-    np_dtype = np.float64 if dtype == "float64" else np.float32
-    try:
-        config, params = load(checkpoint, dtype=np_dtype)
-    except FileNotFoundError as err:
-        fail(f"no checkpoint at {checkpoint}: {err}")
-    except (CheckpointError, ConfigError, OSError) as err:
-        fail(f"cannot load checkpoint {checkpoint}: {err}")
-    if backend == "numpy":
-        from npgpt.generate import generate
-
-        def run(prompt_ids, settings, use_kv_cache=True):
-            return generate(params, config, prompt_ids, settings, use_kv_cache)
-
-        return config, run, "numpy"
-    from torchgpt.generate import generate as torch_generate
-
-    model = torch_model(config, params, device, dtype)
-
-    def run(prompt_ids, settings, use_kv_cache=True):
-        return torch_generate(model, prompt_ids, settings, use_kv_cache)
-
-    return config, run, f"torch on {next(model.parameters()).device}"
-
-
 @main.command()
-@click.option(
-    "--checkpoint", required=True, help="Checkpoint directory, weights file or run directory."
-)
+@model_options
 @click.option("--prompt", default="", help="Text to continue ('' starts from <|endoftext|>).")
-@click.option("--max-new-tokens", default=50, show_default=True, type=int)
-@click.option("--temperature", default=1.0, show_default=True, type=float, help="0 = greedy.")
-@click.option("--top-k", default=None, type=int, help="Keep the k most probable tokens.")
-@click.option("--top-p", default=None, type=float, help="Nucleus sampling mass in (0, 1].")
-@click.option("--seed", default=None, type=int, help="Seed of the sampler.")
-@click.option("--stop", multiple=True, help="Stop before this string (repeatable).")
+@sampling_options
 @click.option("--no-kv-cache", is_flag=True, help="Recompute the whole window for each token.")
 @click.option("--stream/--no-stream", default=True, show_default=True)
-@click.option("--backend", type=click.Choice(BACKENDS), default="numpy", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="torch: auto|cpu|cuda|mps.")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")
-def generate(
-    checkpoint,
-    prompt,
-    max_new_tokens,
-    temperature,
-    top_k,
-    top_p,
-    seed,
-    stop,
-    no_kv_cache,
-    stream,
-    backend,
-    device,
-    dtype,
-):
+def generate(checkpoint, backend, device, dtype, prompt, no_kv_cache, stream, **sampling):
     """Continue PROMPT with a trained model; prints the prompt and the generated text."""
-    from npgpt.generate import stream_text
-    from npgpt.sampling import SamplingSettings
-    from npgpt.tokenizer import get_tokenizer
-
     try:
-        settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens, seed, tuple(stop))
+        settings = SamplingSettings(**sampling)
     except ValueError as err:
         fail(str(err))
     try:
         prompt.encode("utf-8")
     except UnicodeEncodeError as err:  # undecodable bytes on the command line
         fail(f"--prompt is not text: character {err.start} is not valid UTF-8; pass UTF-8 text")
-    config, run, description = load_generator(checkpoint, backend, device, dtype)
-    prompt_ids = get_tokenizer().encode(prompt, allowed_special={"<|endoftext|>"})
-    start, count = time.perf_counter(), 0
-
-    def counted(ids):
-        nonlocal count
-        for token in ids:
-            count += 1
-            yield token
-
-    pieces = stream_text(counted(run(prompt_ids, settings, not no_kv_cache)), settings.stop)
+    model = load_model(checkpoint, backend, device, dtype)
+    generation = Generation(model, encode_prompt(prompt), settings, use_kv_cache=not no_kv_cache)
     if stream:
         click.echo(prompt, nl=False)
-        for piece in pieces:
+        for piece in generation:
             click.echo(piece, nl=False)
         click.echo()
     else:
-        click.echo(prompt + "".join(pieces))
-    seconds = time.perf_counter() - start
+        click.echo(prompt + "".join(generation))
     click.echo(
-        f"{count} tokens in {seconds:.2f} s ({count / max(seconds, 1e-9):.1f} tokens/s, "
-        f"{description})",
+        f"{generation.tokens} tokens in {generation.seconds:.2f} s ({generation.rate:.1f} "
+        f"tokens/s, {model.description})",
         err=True,
     )
 
@@ -157,12 +132,11 @@ def train_option(setting):
     Its default is None, so that `train` knows which flags were typed; the setting's own
     default applies unless the resumed run or a --config file says otherwise."""
     shown = f" [default: {setting.default}]" if setting.default not in (None, ()) else ""
-    if setting.value_type is bool:
+    if setting.kind is bool:
         return click.option(setting.flag, is_flag=True, default=None, help=setting.help)
-    kind = click.Choice(setting.choices) if setting.choices else setting.value_type
     return click.option(
         setting.flag,
-        type=kind,
+        type=click.Choice(setting.choices) if setting.choices else setting.kind,
         default=None,
         multiple=setting.repeatable,
         help=setting.help + shown,
@@ -170,9 +144,9 @@ def train_option(setting):
 
 
 def train_options(command):
-    from npgpt.training.settings import SETTINGS
+    from npgpt.training import settings
 
-    for setting in reversed(SETTINGS.values()):
+    for setting in reversed(settings.SETTINGS):
         command = train_option(setting)(command)
     return command
 
@@ -211,96 +185,59 @@ def train(config_file, resume, progress, **flags):
         fail(str(err))
 
 
-def eval_function(params, config, backend, device, dtype):
-    """(x, y) -> mean loss, for the chosen backend."""
-    if backend == "numpy":
-        from npgpt.model import forward
+def eval_windows(data, T, stride, val_fraction, cache_dir):
+    """(windows, what they are) to evaluate on: the text files given, whole, or the built-in
+    corpus' validation split, as training holds it out."""
+    from npgpt.training import corpus
+    from npgpt.training.windows import Windows, split
 
-        return lambda x, y: float(forward(params, config, x, y)[1])
-    model = torch_model(config, params, device, dtype).eval()
-    torch_device = next(model.parameters()).device
-    import torch
+    try:
+        docs, source = corpus.load_documents(data)
+        ids = corpus.token_ids(docs, cache_dir)
+        if not data:
+            _, validation = split(ids, T, stride, val_fraction, source)
+            return validation, f"{source} validation split"
+        if len(ids) < T + 1:
+            split(ids, T, stride, 0.5, source)  # raises the too-short error
+        return Windows(ids, T, stride), source
+    except corpus.DataError as err:
+        fail(str(err))
 
-    def loss(x, y):
-        with torch.no_grad():
-            as_tensor = lambda a: torch.from_numpy(a).to(torch_device)  # noqa: E731
-            return float(model(as_tensor(x), as_tensor(y))[1])
 
-    return loss
+def mean_loss(loss, windows, batch_size, max_batches):
+    """(mean loss per token, windows evaluated) over the first `max_batches` batches."""
+    losses, counts = [], []
+    for start in list(range(0, len(windows), batch_size))[:max_batches]:
+        indices = list(range(start, min(start + batch_size, len(windows))))
+        losses.append(loss(*windows.batch(indices)))
+        counts.append(len(indices))
+    return float(np.average(losses, weights=counts)), sum(counts)
 
 
 @main.command(name="eval")
-@click.option(
-    "--checkpoint", required=True, help="Checkpoint directory, weights file or run directory."
-)
+@model_options
 @click.option("--data", multiple=True, help="Text file or glob (default: built-in validation).")
 @click.option("--val-fraction", default=0.1, show_default=True, help="Built-in corpus split.")
 @click.option("--context-length", type=int, default=None, help="Default: the model's.")
 @click.option("--stride", type=int, default=None, help="Default: the context length.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-batches", type=click.IntRange(min=1), default=None, help="Default: all.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="numpy", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="torch: auto|cpu|cuda|mps.")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")
 @click.option("--cache-dir", default=None, help="Token-id cache (default: ~/.cache/npgpt).")
-def evaluate(
-    checkpoint,
-    data,
-    val_fraction,
-    context_length,
-    stride,
-    batch_size,
-    max_batches,
-    backend,
-    device,
-    dtype,
-    cache_dir,
-):
+def evaluate(checkpoint, backend, device, dtype, data, val_fraction, context_length, stride,
+             batch_size, max_batches, cache_dir):  # fmt: skip
     """Loss and perplexity of a checkpoint on text files or the built-in validation split."""
-    import math
-
-    import numpy as np
-
-    from npgpt.config import ConfigError
-    from npgpt.training import corpus
-    from npgpt.training.windows import Windows, split
-    from npgpt.weights.checkpoint import CheckpointError
-    from npgpt.weights.formats import load
-
-    try:
-        config, params = load(checkpoint, dtype=np.float64 if dtype == "float64" else np.float32)
-    except FileNotFoundError as err:
-        fail(f"no checkpoint at {checkpoint}: {err}")
-    except (CheckpointError, ConfigError, OSError) as err:
-        fail(f"cannot load checkpoint {checkpoint}: {err}")
-    T = context_length or config.context_length
-    if not 0 < T <= config.context_length:
-        fail(f"--context-length must be in [1, {config.context_length}] for this model, got {T}")
+    model = load_model(checkpoint, backend, device, dtype)
+    longest = model.config.context_length
+    T = context_length or longest
+    if not 0 < T <= longest:
+        fail(f"--context-length must be in [1, {longest}] for this model, got {T}")
     stride = stride or T
     if stride < 1:
         fail(f"--stride must be >= 1, got {stride}")
-    try:
-        docs, source = corpus.load_documents(data)
-        ids = corpus.token_ids(docs, cache_dir)
-        if data:
-            if len(ids) < T + 1:
-                split(ids, T, stride, 0.5, source)  # raises the too-short error
-            windows = Windows(ids, T, stride)
-        else:
-            windows = split(ids, T, stride, val_fraction, source)[1]
-            source += " validation split"
-    except corpus.DataError as err:
-        fail(str(err))
-    loss_of = eval_function(params, config, backend, device, dtype)
-    starts = list(range(0, len(windows), batch_size))[:max_batches]
-    losses, counts = [], []
-    for start in starts:
-        indices = list(range(start, min(start + batch_size, len(windows))))
-        losses.append(loss_of(*windows.batch(indices)))
-        counts.append(len(indices))
-    loss = float(np.average(losses, weights=counts))
+    windows, source = eval_windows(data, T, stride, val_fraction, cache_dir)
+    loss, count = mean_loss(model.loss, windows, batch_size, max_batches)
     click.echo(f"loss {loss:.4f}  perplexity {math.exp(loss):.2f}")
-    click.echo(f"{sum(counts)} windows of {T} tokens from {source} ({backend}, {dtype})", err=True)
+    click.echo(f"{count} windows of {T} tokens from {source} ({backend}, {dtype})", err=True)
 
 
 # ---- download, convert, info ---------------------------------------------------------------
@@ -314,27 +251,11 @@ FORMAT_NAMES = {
 }
 
 
-def load_or_fail(path, dtype=None):
-    """npgpt.load, with every problem turned into one line; dtype None keeps the stored one."""
-    from npgpt.config import ConfigError
-    from npgpt.weights.checkpoint import CheckpointError
-    from npgpt.weights.formats import detect_format, load
-
-    try:
-        kind, _ = detect_format(path)
-        config, params = load(path, dtype=dtype)
-    except (CheckpointError, ConfigError, OSError) as err:
-        fail(f"cannot load {path}: {' '.join(str(err).split())}")
-    return kind, config, params
-
-
 def size_on_disk(path):
     """(bytes, file count) of a weights file, or of every file in a checkpoint directory."""
-    from pathlib import Path
-
     path = Path(path)
-    files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
-    return sum(p.stat().st_size for p in files), len(files)
+    files = [file for file in path.iterdir() if file.is_file()] if path.is_dir() else [path]
+    return sum(file.stat().st_size for file in files), len(files)
 
 
 def describe_dtypes(params):
@@ -376,12 +297,6 @@ def convert(src, dst, dtype, overwrite):
     """Rewrite the GPT-2 weights at SRC (OpenAI TensorFlow checkpoint, Hugging Face directory or
     file, npgpt checkpoint or training run directory) as an npgpt checkpoint in DST:
     model.safetensors + config.json, which Hugging Face transformers also reads as it is."""
-    from pathlib import Path
-
-    import numpy as np
-
-    from npgpt.weights.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save
-
     if dtype == "bfloat16":
         fail("--dtype bfloat16: NumPy has no bfloat16, so npgpt cannot write it; use float16")
     if dtype is not None and dtype not in WRITABLE_DTYPES:
@@ -389,7 +304,7 @@ def convert(src, dst, dtype, overwrite):
     existing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if (Path(dst) / name).exists()]
     if existing and not overwrite:
         fail(f"{dst} already holds {' and '.join(existing)}; pass --overwrite to replace them")
-    kind, config, params = load_or_fail(src, dtype=None if dtype is None else np.dtype(dtype))
+    kind, config, params = load_checkpoint(src, None if dtype is None else np.dtype(dtype))
     save(dst, config, params)
     size, _ = size_on_disk(Path(dst) / WEIGHTS_FILE)
     click.echo(dst)
@@ -405,10 +320,7 @@ def convert(src, dst, dtype, overwrite):
 def info(path):
     """Describe the GPT-2 weights at PATH (any checkpoint `generate` reads, or a training run
     directory): format, config, parameter count, dtype, size."""
-    from npgpt.names import num_params
-    from npgpt.weights.formats import checkpoint_path
-
-    kind, config, params = load_or_fail(path)
+    kind, config, params = load_checkpoint(path)
     size, n_files = size_on_disk(checkpoint_path(path))
     fields = " ".join(
         f"{key}={value}" for key, value in config.to_dict().items() if key != "drop_rate"
@@ -428,12 +340,7 @@ def info(path):
 
 
 @main.command()
-@click.option(
-    "--checkpoint", required=True, help="Checkpoint directory, weights file or run directory."
-)
-@click.option("--backend", type=click.Choice(BACKENDS), default="numpy", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="torch: auto|cpu|cuda|mps.")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")
+@model_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 = every network.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 def serve(checkpoint, backend, device, dtype, host, port):

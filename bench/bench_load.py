@@ -5,7 +5,8 @@ config.json) and as an OpenAI TensorFlow checkpoint, then times, best of --repea
 
     safetensors raw   safetensors.numpy.load_file alone: the floor for reading that file
     npgpt.load        the same file through npgpt: names, shape checks, float32 (target <= 2 s)
-    openai, numpy     the OpenAI checkpoint through npgpt's NumPy reader, CRC-32C checked
+    openai, numpy     the OpenAI checkpoint through `npgpt.load(tf_reader="numpy")`, CRC-32C
+                      checked
 
 Usage: python bench/bench_load.py [--preset gpt2] [--repeats 3]
 """
@@ -22,7 +23,7 @@ import npgpt
 from npgpt.config import GPTConfig
 from npgpt.model import init_params
 from npgpt.names import num_params
-from npgpt.weights.openai import load_openai, save_openai
+from npgpt.weights.openai import save_openai
 
 TARGET_SECONDS = 2.0
 
@@ -55,7 +56,7 @@ def main():
             "safetensors raw": best_of(args.repeats, lambda: load_file(weights)),
             "npgpt.load": best_of(args.repeats, lambda: npgpt.load(Path(root) / "npgpt")),
             "openai, numpy": best_of(
-                args.repeats, lambda: load_openai(Path(root) / "openai", reader="numpy")
+                args.repeats, lambda: npgpt.load(Path(root) / "openai", tf_reader="numpy")
             ),
         }
         size = weights.stat().st_size

@@ -1,4 +1,4 @@
-"""The model's hyper-parameters: one frozen dataclass, its presets, and its file formats.
+"""The model's hyper-parameters: one frozen dataclass, its presets, and its dict forms.
 
 A GPT-2 is fully described by seven numbers and two switches:
 
@@ -11,6 +11,10 @@ A GPT-2 is fully described by seven numbers and two switches:
     qkv_bias            whether the fused q/k/v projection has a bias (GPT-2: yes)
     ln_eps              LayerNorm's epsilon (GPT-2: 1e-5)
 
+Two dict forms: `to_dict` under these names, and `to_hf` under the field names of Hugging Face's
+GPT-2 `config.json`. This module does no file I/O: `npgpt.weights.formats` writes and reads
+`config.json`.
+
 >>> GPTConfig.preset("gpt2").emb_dim
 768
 >>> GPTConfig.from_hf(GPTConfig.preset("tiny").to_hf()) == GPTConfig.preset("tiny")
@@ -18,8 +22,6 @@ True
 """
 
 import dataclasses
-import json
-from pathlib import Path
 
 GPT2_VOCAB_SIZE = 50257
 
@@ -126,26 +128,6 @@ class GPTConfig:
             )
         except KeyError as missing:
             raise ConfigError(f"Hugging Face config is missing the key {missing}") from None
-
-    def save_json(self, path):
-        from npgpt.weights.checkpoint import atomic_write_text  # checkpoint imports this module
-
-        atomic_write_text(path, json.dumps(self.to_hf(), indent=2) + "\n")
-
-    @classmethod
-    def load_json(cls, path):
-        """Read a `config.json` in Hugging Face form (what `save_json` writes) or npgpt form."""
-        path = Path(path)
-        try:
-            fields = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON ({err})") from None
-        try:
-            return cls.from_hf(fields) if "n_embd" in fields else cls.from_dict(fields)
-        except (ConfigError, TypeError) as err:
-            raise ConfigError(f"{path}: {err}") from None
 
 
 PRESETS = {

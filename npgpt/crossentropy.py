@@ -13,9 +13,21 @@ Stability logsumexp(z) = max(z) + log(sum(exp(z - max(z)))) never overflows.
 1.386294
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 IGNORE_INDEX = -100
+
+
+class CrossEntropyCache(NamedTuple):
+    e: np.ndarray  # (N_all, V) exp(z - max z), N_all = B * T: softmax(z) = e / sum_exp
+    sum_exp: np.ndarray  # (N_all,) the row sums of e
+    valid: np.ndarray  # (N_all,) bool: the rows whose target is not ignored
+    rows: np.ndarray  # (N,) the indices of those rows
+    target_ids: np.ndarray  # (N,) their target ids
+    n_valid: int  # N, the mean's denominator
+    shape: tuple  # (B, T, V) the logits' shape
 
 
 def forward(logits, targets):
@@ -36,18 +48,21 @@ def forward(logits, targets):
     rows = np.nonzero(valid)[0]
     e = z - z.max(axis=-1, keepdims=True)  # shifted logits, (N_all, V)
     target_shifted = e[rows, y[rows]]
-    np.exp(e, out=e)  # exp(z - max z), in the same buffer: the largest array of the model
+    # e = exp(z - max z), in the same buffer: the largest array of the model
+    np.exp(e, out=e)
     sum_exp = e.sum(axis=-1)  # (N_all,)
     loss = -(target_shifted - np.log(sum_exp[rows])).sum() / n_valid
-    return loss.astype(logits.dtype), (e, sum_exp, valid, rows, y[rows], n_valid, logits.shape)
+    cache = CrossEntropyCache(e, sum_exp, valid, rows, y[rows], n_valid, logits.shape)
+    return loss.astype(logits.dtype), cache
 
 
 def backward(dloss, cache):
-    e, sum_exp, valid, rows, y_rows, n_valid, shape = cache
+    e, sum_exp, valid, rows, target_ids, n_valid, shape = cache
     scale = np.asarray(dloss / n_valid, dtype=e.dtype)
-    # softmax = e / sum_exp: one factor per row folds in the normalisation, dloss / N and the
-    # ignored rows (factor 0), so the (N_all, V) gradient is written in a single pass.
+    # dz = (dloss / N) * (e / sum_exp - onehot(target)) on valid rows, 0 on ignored ones.
+    # One factor per row folds in the normalisation, dloss / N and the ignored rows (factor 0),
+    # so the (N_all, V) gradient is written in a single pass; then the onehot is subtracted.
     row_factor = np.where(valid, scale / sum_exp, 0).astype(e.dtype)
     dz = e * row_factor[:, None]
-    dz[rows, y_rows] -= scale
+    dz[rows, target_ids] -= scale
     return dz.reshape(shape)

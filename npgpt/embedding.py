@@ -21,13 +21,22 @@ array([[[10.,  0.,  1.],
 array([2., 2., 2.])
 """
 
+from typing import NamedTuple
+
 import numpy as np
+
+
+class EmbeddingCache(NamedTuple):
+    idx: np.ndarray  # (B, T) the token ids: where each row of dx goes
+    wte_shape: tuple  # (V, C)
+    wpe_shape: tuple  # (T_max, C)
+    t0: int  # the position of the first token
 
 
 def forward(idx, wte, wpe, t0=0):
     T = idx.shape[1]
     x = wte[idx] + wpe[t0 : t0 + T]
-    return x, (idx, wte.shape, wpe.shape, t0)
+    return x, EmbeddingCache(idx, wte.shape, wpe.shape, t0)
 
 
 def backward(dx, cache, dwte=None):

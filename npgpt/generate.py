@@ -1,20 +1,22 @@
 """Generation: sample one token at a time, feeding each back in, with a KV cache.
 
-Without a cache every new token re-runs the model over the whole window. But a causal model's
-keys and values at earlier positions never change when tokens are appended, so we keep them:
-the prompt is run once ("prefill"), then each step runs ONE position, whose query attends to the
-cached keys/values of all earlier positions. Same logits, a fraction of the work.
+Without a KV cache every new token re-runs the model over the whole window. But a causal
+model's keys and values at earlier positions never change when tokens are appended, so we keep
+them: the prompt is run once ("prefill"), then each step runs ONE position, whose query attends
+to the cached keys/values of all earlier positions. Same logits, a fraction of the work.
 
-The window. The model has `context_length` (T) positions. While prompt + output fits, the cache
-grows by one per token. Once it is full, the window slides: the model conditions on the last T
-tokens, whose positions have all shifted by one, so the cache cannot be reused and each further
-token re-runs the last T tokens (what recomputation does anyway). Either way, every token is drawn
-from exactly the logits that full recomputation over the last T tokens gives.
+The window. The model has `context_length` (T) positions. While prompt + output fits, the KV
+cache grows by one position per token. Once it is full, the window slides: the model conditions
+on the last T tokens, whose positions have all shifted by one, so the KV cache cannot be reused
+and each further token re-runs the last T tokens (what recomputation does anyway). Either way,
+every token is drawn from exactly the logits that full recomputation over the last T tokens
+gives.
 
-The loop is independent of the backend: it calls `step(new_ids, past) -> (logits (V,), present)`,
-with `past=None` meaning "start a fresh cache with these ids". `numpy_step` is npgpt's; the
-PyTorch twin passes its own. An empty prompt starts from `<|endoftext|>`; generation stops at
-`<|endoftext|>` (not yielded), after `max_new_tokens`, or when `stream_text` meets a stop string.
+The loop is independent of the backend: it calls `step(new_ids, past_kv) -> (logits (V,), kv)`,
+with `past_kv=None` meaning "start a fresh KV cache with these ids". `numpy_step` is npgpt's
+(`npgpt.model.decode`); the PyTorch twin passes its own. An empty prompt starts from
+`<|endoftext|>`; generation stops at `<|endoftext|>` (not yielded), after `max_new_tokens`, or
+when `stream_text` meets a stop string.
 
 >>> from npgpt.config import GPTConfig
 >>> from npgpt.model import init_params
@@ -34,11 +36,11 @@ from npgpt.tokenizer import EOT_ID, get_tokenizer
 
 
 def numpy_step(params, config):
-    """npgpt's step function: logits of the last new position, and the grown cache."""
+    """npgpt's step function: logits of the last new position, and the grown KV cache."""
 
-    def step(new_ids, past):
-        logits, _, cache = model.forward(params, config, np.array([new_ids]), past_kv=past)
-        return logits[0, -1], cache["present_kv"]
+    def step(new_ids, past_kv):
+        logits, kv = model.decode(params, config, np.array([new_ids]), past_kv)
+        return logits[0, -1], kv
 
     return step
 
@@ -47,19 +49,19 @@ def generate_tokens(step, prompt_ids, context_length, settings, use_kv_cache=Tru
     """Yield new token ids; `step` is a backend's forward (see the module docstring)."""
     ids = list(prompt_ids) or [EOT_ID]
     rng = np.random.default_rng(settings.seed)
-    feed, past, cached = ids[-context_length:], None, 0
+    feed, past_kv, kv_len = ids[-context_length:], None, 0
     for _ in range(settings.max_new_tokens):
-        logits, present = step(feed, past if cached else None)
-        cached += len(feed)
+        logits, kv = step(feed, past_kv)
+        kv_len += len(feed)
         token = sample_next(logits, rng, settings)
         if token == EOT_ID:
             return
         yield token
         ids.append(token)
-        if use_kv_cache and cached < context_length:
-            feed, past = [token], present
-        else:  # no cache, or the window is full and slides: recompute the last T tokens
-            feed, past, cached = ids[-context_length:], None, 0
+        if use_kv_cache and kv_len < context_length:
+            feed, past_kv = [token], kv
+        else:  # no KV cache, or the window is full and slides: recompute the last T tokens
+            feed, past_kv, kv_len = ids[-context_length:], None, 0
 
 
 def generate(params, config, prompt_ids, settings, use_kv_cache=True):

@@ -15,7 +15,15 @@ The variance is the biased one (divide by C), as GPT-2 and torch.nn.LayerNorm us
 array([[-1.2247,  0.    ,  1.2247]])
 """
 
+from typing import NamedTuple
+
 import numpy as np
+
+
+class LayerNormCache(NamedTuple):
+    xhat: np.ndarray  # (B, T, C) the normalised input
+    rstd: np.ndarray  # (B, T, 1) 1 / sqrt(var + eps), per position
+    g: np.ndarray  # (C,) the gain
 
 
 def forward(x, g, b, eps=1e-5):
@@ -25,7 +33,7 @@ def forward(x, g, b, eps=1e-5):
     rstd = 1.0 / np.sqrt(var + eps)
     xhat = xc * rstd
     y = xhat * g + b
-    return y, (xhat, rstd, g)
+    return y, LayerNormCache(xhat, rstd, g)
 
 
 def backward(dy, cache):

@@ -18,13 +18,23 @@ one large BLAS call (a 3-D @ 2-D matmul would be B separate, smaller ones).
 ((2, 3), (3, 4), (4,))
 """
 
+from typing import NamedTuple
+
+import numpy as np
+
+
+class LinearCache(NamedTuple):
+    x: np.ndarray  # (..., C_in) the input, for dw
+    w: np.ndarray  # (C_in, C_out) the weight, for dx
+    has_bias: bool  # whether there is a db to return
+
 
 def forward(x, w, b=None):
     x_2d = x.reshape(-1, x.shape[-1])  # (N, C_in)
     y = x_2d @ w  # (N, C_out)
     if b is not None:
         y += b
-    return y.reshape(*x.shape[:-1], w.shape[1]), (x, w, b is not None)
+    return y.reshape(*x.shape[:-1], w.shape[1]), LinearCache(x, w, b is not None)
 
 
 def backward(dy, cache):

@@ -5,11 +5,17 @@
     logits = ln_f(x) @ wte^T                                        `logits`  (B, T, V)
     loss   = cross_entropy(logits, targets)
 
-`forward` keeps every intermediate in `cache`, under the canonical names of `npgpt.names`
-(`cache["activations"]`); `backward(cache)` walks the same steps in reverse and returns one
-gradient per parameter, and leaves the gradient of every named activation in
-`cache["activation_grads"]`. The head reuses wte, so wte's gradient is the sum of two paths:
-the head's, dlogits^T @ ln_f (V, C), into which the embedding's backward adds its rows.
+Training and evaluation. `forward` returns (logits, loss, cache); the cache, a `ModelCache`,
+holds every op's cache for the backward pass and every intermediate under its canonical name
+of `npgpt.names` (`cache.activations`). `backward(cache)` walks the same steps in reverse and
+returns one gradient per parameter; `backward(cache, return_activation_grads=True)` returns
+(grads, activation_grads), the gradient of every named activation as well. The head reuses wte,
+so wte's gradient is the sum of two paths: the head's, dlogits^T @ ln_f (V, C), into which the
+embedding's backward adds its rows.
+
+Generation. `decode(params, config, idx, past_kv)` runs new tokens after the ones whose keys
+and values `past_kv` holds, and returns (logits, kv): `kv` is the next call's `past_kv`. It
+computes what `forward` computes, without dropout, loss or backward cache.
 
 >>> import numpy as np
 >>> from npgpt.config import GPTConfig
@@ -22,15 +28,39 @@ the head's, dlogits^T @ ln_f (V, C), into which the embedding's backward adds it
 >>> grads = backward(cache)
 >>> sorted(grads) == sorted(params)
 True
+>>> grads, activation_grads = backward(cache, return_activation_grads=True)
+>>> activation_grads["h.0.ln_1"].shape == cache.activations["h.0.ln_1"].shape == (1, 3, 64)
+True
+>>> step_logits, kv = decode(params, cfg, idx[:, :2])
+>>> step_logits, kv = decode(params, cfg, idx[:, 2:], past_kv=kv)
+>>> bool(np.allclose(step_logits[:, -1], logits[:, -1], atol=1e-5)), kv[0][0].shape
+(True, (1, 4, 3, 16))
 """
+
+from typing import NamedTuple
 
 import numpy as np
 
 from npgpt import block, crossentropy, dropout, embedding, layernorm, linear
-from npgpt.names import dropout_mask_shapes, param_shapes
+from npgpt.config import GPTConfig
+from npgpt.names import activation_names, dropout_mask_shapes, param_shapes
 
 INIT_STD = 0.02
 RESIDUAL_PROJECTIONS = ("attn.c_proj.weight", "mlp.c_proj.weight")
+
+
+class ModelCache(NamedTuple):
+    """What `backward` needs, and what a reader may inspect, from one `forward`."""
+
+    config: GPTConfig
+    embedding: embedding.EmbeddingCache
+    emb_drop: dropout.DropoutCache | None
+    blocks: list  # one block.BlockCache per layer
+    ln_f: layernorm.LayerNormCache
+    wte: np.ndarray  # (V, C) the head's weight: the embedding's, tied
+    crossentropy: crossentropy.CrossEntropyCache | None  # None without targets
+    activations: dict  # {name: array} every activation, npgpt.names.activation_names
+    masks: dict  # {name: keep} the dropout masks used; {} without dropout
 
 
 def init_params(config, seed=0, dtype=np.float32):
@@ -52,9 +82,11 @@ def init_params(config, seed=0, dtype=np.float32):
     return params
 
 
-def block_params(params, i):
+def in_layer(named, i):
+    """The entries of `named` (parameters or dropout masks) under `h.{i}.`, by their names
+    inside the block (`h.0.ln_1.weight` is `ln_1.weight`)."""
     prefix = f"h.{i}."
-    return {name[len(prefix) :]: value for name, value in params.items() if name.startswith(prefix)}
+    return {name[len(prefix) :]: value for name, value in named.items() if name.startswith(prefix)}
 
 
 def check_tokens(idx, config, past_len=0):
@@ -89,83 +121,122 @@ def draw_dropout_masks(config, batch_size, seq_len, rng, given=None):
     return masks
 
 
-def forward(
-    params, config, idx, targets=None, *, train=False, rng=None, dropout_masks=None, past_kv=None
-):
-    """Returns (logits, loss or None, cache). With `train=True` and drop_rate > 0, dropout is on,
-    its masks taken from `dropout_masks` by name or drawn from `rng`. `past_kv` (generation only)
-    holds each layer's cached (k, v); the new ones are in cache["present_kv"]."""
-    past_len = 0 if past_kv is None else past_kv[0][0].shape[2]
-    idx = check_tokens(idx, config, past_len)
-    if targets is not None:
-        targets = np.asarray(targets)
-        if targets.shape != idx.shape:
-            raise ValueError(f"targets have shape {targets.shape}, but idx has {idx.shape}")
-    B, T = idx.shape
-    p_drop = config.drop_rate
+def check_targets(targets, idx):
+    if targets is None:
+        return None
+    targets = np.asarray(targets)
+    if targets.shape != idx.shape:
+        raise ValueError(f"targets have shape {targets.shape}, but idx has {idx.shape}")
+    return targets
+
+
+def forward(params, config, idx, targets=None, *, train=False, rng=None, dropout_masks=None):
+    """Returns (logits, loss or None, ModelCache). With `train=True` and drop_rate > 0, dropout is
+    on, its masks taken from `dropout_masks` by name or drawn from `rng`."""
+    idx = check_tokens(idx, config)
+    targets = check_targets(targets, idx)
+    drop_rate, wte = config.drop_rate, params["wte.weight"]
     masks = {}
-    if train and p_drop > 0:
-        masks = draw_dropout_masks(config, B, T, rng, dropout_masks)
-
-    acts, blocks, present_kv = {}, [], []
-    emb, emb_cache = embedding.forward(idx, params["wte.weight"], params["wpe.weight"], past_len)
-    acts["emb"], emb_drop_cache = dropout.forward(emb, p_drop, masks.get("emb.drop"))
-    x = acts["emb"]
+    if train and drop_rate > 0:
+        masks = draw_dropout_masks(config, *idx.shape, rng, dropout_masks)
+    x, embedding_cache = embedding.forward(idx, wte, params["wpe.weight"])  # (B, T, C)
+    emb, emb_drop_cache = dropout.forward(x, drop_rate, masks.get("emb.drop"))
+    x, activations, block_caches = emb, {"emb": emb}, []
     for i in range(config.n_layers):
-        keep = {
-            name[len(f"h.{i}.") :]: m for name, m in masks.items() if name.startswith(f"h.{i}.")
-        }
-        layer_past = None if past_kv is None else past_kv[i]
         x, block_cache = block.forward(
-            x, block_params(params, i), config.n_heads, config.ln_eps, p_drop, keep, layer_past
+            x, in_layer(params, i), config.n_heads, config.ln_eps, drop_rate, in_layer(masks, i)
         )
-        acts |= {f"h.{i}.{name}": value for name, value in block_cache["acts"].items()}
-        blocks.append(block_cache)
-        present_kv.append(block_cache["present_kv"])
-    acts["ln_f"], ln_f_cache = layernorm.forward(
+        activations |= {f"h.{i}.{name}": a for name, a in block_cache.activations.items()}
+        block_caches.append(block_cache)
+    ln_f, ln_f_cache = layernorm.forward(
         x, params["ln_f.weight"], params["ln_f.bias"], config.ln_eps
-    )
-    acts["logits"], _ = linear.forward(acts["ln_f"], params["wte.weight"].T)  # tied head
-
-    loss = ce_cache = None
+    )  # (B, T, C)
+    logits, _ = linear.forward(ln_f, wte.T)  # (B, T, V), the head tied to the embedding
+    activations |= {"ln_f": ln_f, "logits": logits}
+    loss = crossentropy_cache = None
     if targets is not None:
-        loss, ce_cache = crossentropy.forward(acts["logits"], targets)
-    cache = dict(
+        loss, crossentropy_cache = crossentropy.forward(logits, targets)
+    cache = ModelCache(
         config=config,
-        emb=emb_cache,
+        embedding=embedding_cache,
         emb_drop=emb_drop_cache,
-        blocks=blocks,
+        blocks=block_caches,
         ln_f=ln_f_cache,
-        wte=params["wte.weight"],
-        ce=ce_cache,
-        activations=acts,
-        present_kv=present_kv,
+        wte=wte,
+        crossentropy=crossentropy_cache,
+        activations=activations,
         masks=masks,
     )
-    return acts["logits"], loss, cache
+    return logits, loss, cache
 
 
-def backward(cache):
-    """Gradient of the loss with respect to every parameter, keyed like `params`."""
-    if cache["ce"] is None:
-        raise ValueError("backward needs a loss: call forward with targets")
-    config = cache["config"]
-    grads, d = {}, {}
-    d["logits"] = crossentropy.backward(1.0, cache["ce"])
-    # The tied head, logits = ln_f @ wte^T, by hand: linear.backward would give the weight's
-    # gradient as (C, V), wte^T's layout, and adding that into wte's (V, C) is a slow strided pass.
-    wte, ln_f = cache["wte"], cache["activations"]["ln_f"]
+def tied_head_backward(dlogits, ln_f, wte):
+    """The head, logits = ln_f @ wte^T, by hand: returns dln_f and the head's share of dwte.
+    linear.backward would give the weight's gradient as (C, V), wte^T's layout, and adding that
+    into wte's (V, C) is a slow strided pass."""
     V, C = wte.shape
-    dlogits_2d = d["logits"].reshape(-1, V)  # (N, V)
-    d["ln_f"] = (dlogits_2d @ wte).reshape(ln_f.shape)  # (B, T, C)
-    dwte = dlogits_2d.T @ ln_f.reshape(-1, C)  # (V, C): the head's share of wte's gradient
-    dx, grads["ln_f.weight"], grads["ln_f.bias"] = layernorm.backward(d["ln_f"], cache["ln_f"])
+    dlogits_2d = dlogits.reshape(-1, V)  # (N, V)
+    # dln_f = dlogits @ wte
+    dln_f = (dlogits_2d @ wte).reshape(ln_f.shape)  # (B, T, C)
+    # dwte = dlogits^T @ ln_f, computed directly in wte's (V, C) layout
+    dwte = dlogits_2d.T @ ln_f.reshape(-1, C)
+    return dln_f, dwte
+
+
+def backward(cache, return_activation_grads=False):
+    """Gradient of the loss with respect to every parameter, keyed like `params`. With
+    `return_activation_grads`, returns (grads, activation_grads): also the gradient of every
+    activation, by canonical name. Without it, each is let go as soon as it has been used."""
+    if cache.crossentropy is None:
+        raise ValueError("backward needs a loss: call forward with targets")
+    config = cache.config
+    dlogits = crossentropy.backward(1.0, cache.crossentropy)  # (B, T, V)
+    dln_f, dwte = tied_head_backward(dlogits, cache.activations["ln_f"], cache.wte)
+    # dlogits, the largest array, is kept through the blocks' backward only when asked for
+    activation_grads = {"logits": dlogits, "ln_f": dln_f} if return_activation_grads else None
+    del dlogits
+    grads = {}
+    dx, grads["ln_f.weight"], grads["ln_f.bias"] = layernorm.backward(dln_f, cache.ln_f)
     for i in reversed(range(config.n_layers)):
-        dx, block_grads, block_act_grads = block.backward(dx, cache["blocks"][i])
-        grads |= {f"h.{i}.{name}": g for name, g in block_grads.items()}
-        d |= {f"h.{i}.{name}": g for name, g in block_act_grads.items()}
-    d["emb"] = dx
-    demb = dropout.backward(dx, cache["emb_drop"])
-    grads["wte.weight"], grads["wpe.weight"] = embedding.backward(demb, cache["emb"], dwte)
-    cache["activation_grads"] = d
-    return {name: grads[name] for name in param_shapes(config)}
+        dx, block_grads, block_activation_grads = block.backward(dx, cache.blocks[i])
+        grads |= {f"h.{i}.{name}": grad for name, grad in block_grads.items()}
+        if return_activation_grads:
+            activation_grads |= {f"h.{i}.{n}": d for n, d in block_activation_grads.items()}
+    demb = dx
+    dx = dropout.backward(demb, cache.emb_drop)
+    grads["wte.weight"], grads["wpe.weight"] = embedding.backward(dx, cache.embedding, dwte)
+    grads = {name: grads[name] for name in param_shapes(config)}
+    if not return_activation_grads:
+        return grads
+    activation_grads["emb"] = demb
+    return grads, {name: activation_grads[name] for name in activation_names(config)}
+
+
+def check_past_kv(past_kv, config):
+    """The number of cached positions, T_past; 0 without a KV cache."""
+    if past_kv is None:
+        return 0
+    if len(past_kv) != config.n_layers:
+        raise ValueError(
+            f"past_kv holds {len(past_kv)} layers' (k, v), but the model has {config.n_layers}"
+        )
+    return past_kv[0][0].shape[2]
+
+
+def decode(params, config, idx, past_kv=None):
+    """Generation's forward: logits (B, T, V) for the new tokens `idx` (B, T), which follow the
+    T_past positions whose keys and values `past_kv` holds, and `kv`: each layer's (k, v), each
+    (B, H, T_past + T, D), to pass back as the next call's `past_kv`."""
+    past_len = check_past_kv(past_kv, config)
+    idx = check_tokens(idx, config, past_len)
+    x, _ = embedding.forward(idx, params["wte.weight"], params["wpe.weight"], past_len)
+    kv = []
+    for i in range(config.n_layers):
+        layer_past_kv = None if past_kv is None else past_kv[i]
+        x, block_cache = block.forward(
+            x, in_layer(params, i), config.n_heads, config.ln_eps, past_kv=layer_past_kv
+        )
+        kv.append((block_cache.attn_ctx.k, block_cache.attn_ctx.v))
+    ln_f, _ = layernorm.forward(x, params["ln_f.weight"], params["ln_f.bias"], config.ln_eps)
+    logits, _ = linear.forward(ln_f, params["wte.weight"].T)  # (B, T, V)
+    return logits, kv

@@ -1,14 +1,14 @@
 """AdamW with decoupled weight decay, and global-norm gradient clipping.
 
-For each parameter p with gradient g, at update t = 1, 2, ... (learning rate lr):
+For each parameter w with gradient dw, at update t = 1, 2, ... (learning rate lr):
 
-    p  <- p - lr * wd * p                      decoupled weight decay (only where `decays`)
-    m  <- b1 * m + (1 - b1) * g                first moment: a running mean of g
-    v  <- b2 * v + (1 - b2) * g^2              second moment: a running mean of g^2
-    p  <- p - (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    w  <- w - lr * wd * w                      decoupled weight decay (only where `decays`)
+    m  <- b1 * m + (1 - b1) * dw               first moment: a running mean of dw
+    v  <- b2 * v + (1 - b2) * dw^2             second moment: a running mean of dw^2
+    w  <- w - (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 
 The divisions by 1 - b^t undo the moments' bias towards their zero start. The decay is
-"decoupled" (Loshchilov & Hutter): it shrinks the weight directly instead of being added to g,
+"decoupled" (Loshchilov & Hutter): it shrinks the weight directly instead of being added to dw,
 so Adam's per-coordinate scaling does not weaken it. It applies to matrices and embeddings
 (>= 2-D) and not to biases and LayerNorm parameters, which set offsets and scales rather than
 feature detectors. The operations above are in the order `torch.optim.AdamW` performs them, so
@@ -17,8 +17,8 @@ the two agree to rounding.
 The state is plain named arrays, `exp_avg.<name>` and `exp_avg_sq.<name>` (torch's names for m
 and v), saved as safetensors next to the model; the step count t lives in the trainer state.
 
-Clipping: if the global norm ||g|| = sqrt(sum over all parameters of sum(g^2)) exceeds c, every
-gradient is scaled by c / ||g||, keeping the update's direction and capping its size.
+Clipping: if the global norm ||dw|| = sqrt(sum over all parameters of sum(dw^2)) exceeds c,
+every gradient is scaled by c / ||dw||, keeping the update's direction and capping its size.
 
 >>> import numpy as np
 >>> params = {"w": np.ones((2, 2)), "b": np.zeros(3)}
@@ -59,14 +59,14 @@ def decaying(shapes):
 def init_state(params):
     """Zero moments, one pair per parameter, of the parameter's shape and dtype."""
     state = {}
-    for name, p in params.items():
-        state[f"exp_avg.{name}"] = np.zeros_like(p)
-        state[f"exp_avg_sq.{name}"] = np.zeros_like(p)
+    for name, w in params.items():
+        state[f"exp_avg.{name}"] = np.zeros_like(w)
+        state[f"exp_avg_sq.{name}"] = np.zeros_like(w)
     return state
 
 
 def global_norm(grads):
-    return math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    return math.sqrt(sum(float(np.vdot(dw, dw)) for dw in grads.values()))
 
 
 def clip_grad_norm(grads, max_norm):
@@ -75,8 +75,8 @@ def clip_grad_norm(grads, max_norm):
     norm = global_norm(grads)
     if max_norm is not None and max_norm > 0 and norm > max_norm:
         scale = max_norm / (norm + 1e-6)  # torch's clip_grad_norm_ uses the same 1e-6
-        for g in grads.values():
-            g *= scale
+        for dw in grads.values():
+            dw *= scale
     return norm
 
 
@@ -85,14 +85,14 @@ def adamw_step(params, grads, state, t, lr, settings):
     b1, b2 = settings.beta1, settings.beta2
     bias1 = 1 - b1**t
     bias2_sqrt = math.sqrt(1 - b2**t)  # Python floats: a float32 model stays float32
-    for name, p in params.items():
-        g = grads[name]
+    for name, w in params.items():
+        dw = grads[name]
         m, v = state[f"exp_avg.{name}"], state[f"exp_avg_sq.{name}"]
-        if decays(p.shape):
-            p *= 1 - lr * settings.weight_decay
+        if decays(w.shape):
+            w *= 1 - lr * settings.weight_decay
         m *= b1
-        m += (1 - b1) * g
+        m += (1 - b1) * dw
         v *= b2
-        v += (1 - b2) * g * g
+        v += (1 - b2) * dw * dw
         denom = np.sqrt(v) / bias2_sqrt + settings.eps
-        p -= (lr / bias1) * (m / denom)
+        w -= (lr / bias1) * (m / denom)

@@ -8,6 +8,10 @@ Given logits z over the V tokens of the vocabulary:
 then renormalise what is kept and draw one token with `numpy.random.Generator`, by inverting
 the cumulative distribution with one uniform number, so a seed fixes the whole sequence.
 
+`SamplingSettings` holds these choices, and `max_new_tokens`, `seed` and `stop` strings. Each
+setting is declared once, as a field: its default, its rule (checked on construction) and the
+words people see, from which `cli.py generate` makes its flags and the web page its fields.
+
 >>> import numpy as np
 >>> settings = SamplingSettings(temperature=1.0, top_k=2)
 >>> np.round(candidate_probs(np.log(np.array([0.1, 0.6, 0.3])), settings), 4)
@@ -18,32 +22,11 @@ array([0.    , 0.6667, 0.3333])
 """
 
 import dataclasses
+import numbers
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingSettings:
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    max_new_tokens: int = 50
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        if not (isinstance(self.temperature, int | float) and self.temperature >= 0):
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
-        if self.top_k is not None and (isinstance(self.top_k, bool) or self.top_k < 1):
-            raise ValueError(f"top_k must be a positive integer or None, got {self.top_k!r}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens!r}")
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-        if any(not s for s in self.stop):
-            raise ValueError("stop strings must not be empty")
 
 
 def candidate_probs(logits, settings):
@@ -73,3 +56,91 @@ def sample_next(logits, rng, settings):
     probs = candidate_probs(logits, settings)
     cdf = np.cumsum(probs)
     return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1))
+
+
+# ---- the settings, each declared once ------------------------------------------------------
+
+
+class Setting(NamedTuple):
+    """One sampling setting as people set it. `SamplingSettings` enforces its rule; `cli.py
+    generate` makes a flag of it (top_k -> --top-k) and the web page a field (when it has a
+    label), each with this default and these words."""
+
+    name: str
+    default: object  # None: off unless given; a tuple: any number of values (--stop, repeatable)
+    kind: type  # what each value is: float, int or str
+    allowed: Callable  # the rule, for a value of the right kind
+    rule: str  # the rule in words: "top_p must be in (0, 1], got 1.5"
+    help: str  # the flag's help
+    label: str | None = None  # the page's field; None: not on the page
+    accepts: str = ""  # what the page's field accepts, in words
+
+
+def declare(default, kind, allowed, rule, help, label=None, accepts=""):
+    """A field of `SamplingSettings`, carrying its `Setting` (named after the field)."""
+    words = dict(kind=kind, allowed=allowed, rule=rule, help=help, label=label, accepts=accepts)
+    return dataclasses.field(default=default, metadata=words)
+
+
+def is_kind(setting, value):
+    if isinstance(setting.default, tuple):
+        return all(isinstance(item, setting.kind) for item in value)
+    if isinstance(value, bool):  # a bool is an int to Python, never a number to a person
+        return False
+    return isinstance(value, numbers.Integral if setting.kind is int else numbers.Real)
+
+
+def check(setting, value, called=None):
+    """Raise ValueError unless `value` obeys `setting`; the message calls the setting `called`
+    (its name unless a front end names it otherwise)."""
+    if value is None and setting.default is None:
+        return
+    if not (is_kind(setting, value) and setting.allowed(value)):
+        raise ValueError(f"{called or setting.name} must be {setting.rule}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """How the next token is chosen, and when generation stops."""
+
+    # fmt: off
+    temperature: float = declare(
+        1.0, float, lambda t: t >= 0, rule=">= 0 (0 = greedy)", help="0 = greedy.",
+        label="Temperature", accepts="a number >= 0; 0 = greedy",
+    )
+    top_k: int | None = declare(
+        None, int, lambda k: k >= 1, rule="a positive integer or None",
+        help="Keep the k most probable tokens.",
+        label="Top-k", accepts="a whole number >= 1; empty = off",
+    )
+    top_p: float | None = declare(
+        None, float, lambda mass: 0 < mass <= 1, rule="in (0, 1]",
+        help="Nucleus sampling mass in (0, 1].",
+        label="Top-p", accepts="a number in (0, 1]; empty = off",
+    )
+    max_new_tokens: int = declare(
+        50, int, lambda n: n >= 0, rule=">= 0", help="Tokens to generate at most.",
+        label="Max new tokens", accepts="a whole number >= 0",
+    )
+    seed: int | None = declare(
+        None, int, lambda seed: seed >= 0, rule="a whole number >= 0 or None",
+        help="Seed of the sampler (default: a fresh one each run).",
+        label="Seed", accepts="a whole number >= 0; empty = random",
+    )
+    stop: tuple[str, ...] = declare(
+        (), str, lambda stops: all(stops), rule="strings that are not empty",
+        help="Stop before this string (repeatable).",
+    )
+    # fmt: on
+
+    def __post_init__(self):
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        object.__setattr__(self, "stop", stop)
+        for setting in SETTINGS:
+            check(setting, getattr(self, setting.name))
+
+
+SETTINGS = tuple(
+    Setting(field.name, field.default, **field.metadata)
+    for field in dataclasses.fields(SamplingSettings)
+)

@@ -1,8 +1,8 @@
 """The learning-rate schedule: linear warm-up, then cosine decay to a floor.
 
     step < W          lr = max_lr * (step + 1) / W                     warm-up from ~0
-    W <= step < S     lr = min_lr + (max_lr - min_lr) * (1 + cos(pi * p)) / 2,
-                      p = (step - W) / (S - W)                          p goes 0 -> 1
+    W <= step < S     lr = min_lr + (max_lr - min_lr) * (1 + cos(pi * progress)) / 2,
+                      progress = (step - W) / (S - W), from 0 to 1
     step >= S         lr = min_lr
 
 (W = warmup_steps, S = max_steps.) A pure function of the step: a resumed run needs no

@@ -7,7 +7,7 @@ against its tolerance, then the full table of every tensor.
 
 from pathlib import Path
 
-from npgpt.weights.checkpoint import atomic_write_text
+from npgpt.weights.atomic import atomic_write_text
 from parity.tolerances import KINDS, kind, tolerance
 
 RECORDED = []

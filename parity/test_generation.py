@@ -86,12 +86,11 @@ def test_kv_cache_equals_full_recompute(config, seed, data):
     with torch.no_grad():
         full["torchgpt"] = oracle.to_numpy(gpt(torch.from_numpy(idx))[0])
     steps = {"npgpt": [], "torchgpt": []}
-    np_past = torch_past = None
+    np_kv = torch_kv = None
     for start, stop in chunks:
-        logits, _, cache = npmodel.forward(params, config, idx[:, start:stop], past_kv=np_past)
+        logits, np_kv = npmodel.decode(params, config, idx[:, start:stop], np_kv)
         steps["npgpt"].append(logits)
-        np_past = cache["present_kv"]
-        logits, torch_past = gpt.decode(torch.from_numpy(idx[:, start:stop]), torch_past)
+        logits, torch_kv = gpt.decode(torch.from_numpy(idx[:, start:stop]), torch_kv)
         steps["torchgpt"].append(oracle.to_numpy(logits))
 
     for backend in steps:
@@ -100,9 +99,9 @@ def test_kv_cache_equals_full_recompute(config, seed, data):
             {"logits": full[backend]}, {"logits": cached}, "float64", label=f"{backend} KV cache"
         )
         oracle.assert_parity(comparison)
-    kv_names = [f"h.{i}.{kv}" for i in range(config.n_layers) for kv in ("k", "v")]
-    np_kv = dict(zip(kv_names, (a for kv in np_past for a in kv), strict=True))
-    torch_kv = dict(
-        zip(kv_names, (oracle.to_numpy(a) for kv in torch_past for a in kv), strict=True)
+    kv_names = [f"h.{i}.{part}" for i in range(config.n_layers) for part in ("k", "v")]
+    np_named = dict(zip(kv_names, (a for pair in np_kv for a in pair), strict=True))
+    torch_named = dict(
+        zip(kv_names, (oracle.to_numpy(a) for pair in torch_kv for a in pair), strict=True)
     )
-    oracle.assert_parity(oracle.compare(np_kv, torch_kv, "float64", label="KV caches"))
+    oracle.assert_parity(oracle.compare(np_named, torch_named, "float64", label="KV caches"))

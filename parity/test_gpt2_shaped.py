@@ -34,7 +34,7 @@ import npgpt
 import torchgpt
 from npgpt.config import GPTConfig
 from npgpt.tokenizer import get_tokenizer
-from npgpt.weights.checkpoint import WEIGHTS_FILE
+from npgpt.weights.formats import WEIGHTS_FILE, write_config
 from npgpt.weights.openai import save_openai
 from parity import oracle
 from parity.conftest import CUDA_SKIP
@@ -104,7 +104,7 @@ def save_hf_style(directory, config, params):
         tensors[f"transformer.h.{i}.attn.bias"] = causal
         tensors[f"transformer.h.{i}.attn.masked_bias"] = np.array(-1e4, dtype=np.float32)
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
-    config.save_json(directory / "config.json")
+    write_config(directory / "config.json", config)
 
 
 class Source:

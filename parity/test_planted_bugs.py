@@ -35,7 +35,7 @@ LAST = CFG.n_layers - 1
 
 
 def layernorm_backward_without_variance_term(dy, cache):
-    xhat, rstd, g = cache
+    xhat, rstd, g = cache.xhat, cache.rstd, cache.g
     lead = tuple(range(dy.ndim - 1))
     dxhat = dy * g
     dx = rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True))  # "- xhat * mean(dxhat * xhat)" lost
@@ -43,14 +43,14 @@ def layernorm_backward_without_variance_term(dy, cache):
 
 
 def attention_backward_transposed(dy, cache):
-    q, k, v, scale, p, p_drop = (cache[n] for n in ("q", "k", "v", "scale", "p", "p_drop"))
+    q, k, v, scale, p, p_drop = cache.q, cache.k, cache.v, cache.scale, cache.p, cache.p_drop
     dy = attention.split_heads(dy, q.shape[1])
     dv = p_drop.transpose(0, 1, 3, 2) @ dy
-    dp = attention.dropout.backward(dy @ v.transpose(0, 1, 3, 2), cache["drop_cache"])
+    dp = attention.dropout.backward(dy @ v.transpose(0, 1, 3, 2), cache.drop)
     ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True)) * scale
     dq = ds @ k
     dk = ds @ q  # should be ds^T @ q
-    merged = [attention.merge_heads(g) for g in (dq, dk, dv)]
+    merged = [attention.merge_heads(grad) for grad in (dq, dk, dv)]
     return np.concatenate(merged, axis=-1), dp
 
 

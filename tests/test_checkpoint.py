@@ -1,4 +1,5 @@
-"""Checkpoints: exact round trips, Hugging Face key forms, clear errors, and atomic writes."""
+"""Checkpoints: exact round trips, Hugging Face key forms, config.json, clear errors, and atomic
+writes."""
 
 import json
 import struct
@@ -7,10 +8,13 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from npgpt.config import GPTConfig
+from npgpt.config import PRESETS, GPTConfig
 from npgpt.model import init_params
 from npgpt.weights import checkpoint
-from npgpt.weights.checkpoint import CheckpointError, atomic_write, atomic_write_text, load, save
+from npgpt.weights.atomic import atomic_write, atomic_write_text
+from npgpt.weights.check import CheckpointError
+from npgpt.weights.checkpoint import load, save
+from npgpt.weights.formats import read_config, write_config
 
 CFG = GPTConfig(vocab_size=37, context_length=8, emb_dim=8, n_heads=2, n_layers=2)
 
@@ -23,7 +27,7 @@ def params():
 def write_tensors(directory, tensors, config=CFG):
     directory.mkdir(exist_ok=True)
     save_file(tensors, str(directory / "model.safetensors"))
-    config.save_json(directory / "config.json")
+    write_config(directory / "config.json", config)
     return directory
 
 
@@ -134,17 +138,17 @@ def test_dtype_numpy_cannot_read(tmp_path):
     header = json.dumps({"wte.weight": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}})
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(struct.pack("<Q", len(header)) + header.encode() + b"\0" * 4)
-    CFG.save_json(tmp_path / "config.json")
+    write_config(tmp_path / "config.json", CFG)
     with pytest.raises(CheckpointError, match="dtype NumPy cannot represent"):
         load(tmp_path)
 
 
 def test_missing_files(tmp_path, params):
-    with pytest.raises(CheckpointError, match="model.safetensors: no such file"):
+    with pytest.raises(CheckpointError, match="neither a GPT-2 checkpoint directory"):
         load(tmp_path)
     save(tmp_path, CFG, params)
     (tmp_path / "config.json").unlink()
-    with pytest.raises(CheckpointError, match="config.json: missing"):
+    with pytest.raises(CheckpointError, match="no config.json beside it"):
         load(tmp_path)
 
 
@@ -202,3 +206,42 @@ def test_save_crash_leaves_the_previous_checkpoint(tmp_path, params, monkeypatch
     assert leftovers(tmp_path) == []
     _, loaded = load(tmp_path)
     np.testing.assert_array_equal(loaded["wte.weight"], params["wte.weight"])
+
+
+# ---- config.json ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_config_json_round_trips_in_both_forms(name, tmp_path):
+    cfg = GPTConfig.preset(name)
+    write_config(tmp_path / "config.json", cfg)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    assert hf["n_embd"] == cfg.emb_dim and hf["n_layer"] == cfg.n_layers
+    assert hf["activation_function"] == "gelu_new" and hf["model_type"] == "gpt2"
+    assert read_config(tmp_path / "config.json") == cfg
+    npgpt_form = GPTConfig.preset(name, qkv_bias=False, ln_eps=1e-6)
+    path = tmp_path / "npgpt.json"
+    path.write_text(json.dumps(npgpt_form.to_dict()))
+    assert read_config(path) == npgpt_form
+
+
+def test_config_json_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(CheckpointError, match="nope.json: no such config file"):
+        read_config(missing)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CheckpointError, match="bad.json: not valid JSON"):
+        read_config(bad)
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps(GPTConfig().to_dict() | {"n_experts": 8}))
+    with pytest.raises(CheckpointError, match=r"unknown.json: unknown config keys \['n_experts'\]"):
+        read_config(unknown)
+    invalid = tmp_path / "invalid.json"
+    invalid.write_text(json.dumps(GPTConfig().to_dict() | {"n_heads": 7}))
+    with pytest.raises(CheckpointError, match="invalid.json: emb_dim"):
+        read_config(invalid)
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="list.json: holds a JSON list, not an object"):
+        read_config(listed)

@@ -71,20 +71,18 @@ def trained(files):
 def test_every_training_setting_is_a_train_flag():
     """The flags are made from the settings' declaration: every one is there, with its help and
     default (shown, not applied: a flag not typed must not override a resumed run's value)."""
-    from npgpt.training.settings import SETTINGS
+    from npgpt.training.settings import BY_NAME, SETTINGS
 
     options = {p.opts[0]: p for p in cli.train.params if p.opts[0].startswith("--")}
-    assert set(SETTINGS) == {p.name for p in cli.train.params} - {
+    assert set(BY_NAME) == {p.name for p in cli.train.params} - {
         "config_file",
         "resume",
         "progress",
     }
-    for setting in SETTINGS.values():
+    for setting in SETTINGS:
         option = options[setting.flag]
         assert option.default is None and option.help.startswith(setting.help)
-        assert option.multiple == setting.repeatable and option.is_flag == (
-            setting.value_type is bool
-        )
+        assert option.multiple == setting.repeatable and option.is_flag == (setting.kind is bool)
     assert "[default: 16]" in options["--batch-size"].help
     assert "[default: 0]" in options["--seed"].help
     assert list(options["--dtype"].type.choices) == ["float32", "float64"]

@@ -12,6 +12,7 @@ import npgpt
 from npgpt.config import GPTConfig
 from npgpt.model import init_params
 from npgpt.names import num_params
+from npgpt.weights.formats import write_config
 from npgpt.weights.openai import save_openai
 
 CFG = GPTConfig(vocab_size=61, context_length=16, emb_dim=8, n_heads=2, n_layers=2)
@@ -29,7 +30,7 @@ def sources(params, tmp_path_factory):
     (root / "hf").mkdir()
     hf = {f"transformer.{name}": value for name, value in params.items()}
     save_file(hf, str(root / "hf/model.safetensors"))
-    CFG.save_json(root / "hf/config.json")
+    write_config(root / "hf/config.json", CFG)
     return root
 
 
@@ -128,10 +129,10 @@ def test_corrupt_sources_are_one_line(sources, tmp_path):
     bad.mkdir()
     raw = (sources / "hf/model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(raw[: len(raw) // 2])
-    CFG.save_json(bad / "config.json")
+    write_config(bad / "config.json", CFG)
     assert_user_error(run("info", bad), "truncated or corrupt")
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     (wrong / "model.safetensors").write_bytes(raw)
-    CFG.replace(n_layers=3).save_json(wrong / "config.json")
+    write_config(wrong / "config.json", CFG.replace(n_layers=3))
     assert_user_error(run("convert", wrong, tmp_path / "x"), "missing keys (12)")

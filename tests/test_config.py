@@ -1,4 +1,5 @@
-"""GPTConfig: preset sizes, validation, and both file formats."""
+"""GPTConfig: preset sizes, validation, and its two dict forms (npgpt's and Hugging Face's).
+Writing and reading `config.json` is tested with the checkpoint, in test_checkpoint.py."""
 
 import json
 
@@ -70,23 +71,13 @@ def test_config_is_frozen():
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_dict_and_json_round_trip(name, tmp_path):
+def test_dict_round_trips(name):
     cfg = GPTConfig.preset(name, qkv_bias=False, ln_eps=1e-6)
     assert GPTConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    path = tmp_path / "npgpt.json"
-    path.write_text(json.dumps(cfg.to_dict()))
-    assert GPTConfig.load_json(path) == cfg
-
-
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_hf_config_json_round_trip(name, tmp_path):
-    cfg = GPTConfig.preset(name)
-    cfg.save_json(tmp_path / "config.json")
-    hf = json.loads((tmp_path / "config.json").read_text())
-    assert hf["n_embd"] == cfg.emb_dim and hf["n_layer"] == cfg.n_layers
+    hf = GPTConfig.preset(name).to_hf()
+    assert hf["n_embd"] == PRESETS[name].emb_dim and hf["n_layer"] == PRESETS[name].n_layers
     assert hf["activation_function"] == "gelu_new" and hf["model_type"] == "gpt2"
-    assert GPTConfig.load_json(tmp_path / "config.json") == cfg
-    assert GPTConfig.from_hf(cfg.to_hf()) == cfg
+    assert GPTConfig.from_hf(json.loads(json.dumps(hf))) == GPTConfig.preset(name)
 
 
 def test_hf_config_without_qkv_bias_round_trips():
@@ -130,21 +121,3 @@ def test_hf_config_missing_key():
     del hf["n_head"]
     with pytest.raises(ConfigError, match="missing the key 'n_head'"):
         GPTConfig.from_hf(hf)
-
-
-def test_load_json_errors_name_the_file(tmp_path):
-    missing = tmp_path / "nope.json"
-    with pytest.raises(ConfigError, match="nope.json: no such config file"):
-        GPTConfig.load_json(missing)
-    bad = tmp_path / "bad.json"
-    bad.write_text("{not json")
-    with pytest.raises(ConfigError, match="bad.json: not valid JSON"):
-        GPTConfig.load_json(bad)
-    unknown = tmp_path / "unknown.json"
-    unknown.write_text(json.dumps(GPTConfig().to_dict() | {"n_experts": 8}))
-    with pytest.raises(ConfigError, match=r"unknown.json: unknown config keys \['n_experts'\]"):
-        GPTConfig.load_json(unknown)
-    invalid = tmp_path / "invalid.json"
-    invalid.write_text(json.dumps(GPTConfig().to_dict() | {"n_heads": 7}))
-    with pytest.raises(ConfigError, match="invalid.json: emb_dim"):
-        GPTConfig.load_json(invalid)

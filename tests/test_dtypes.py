@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from npgpt.config import GPTConfig
-from npgpt.model import backward, forward, init_params
+from npgpt.model import backward, decode, forward, init_params
 from npgpt.names import activation_names
 
 CFG = GPTConfig(vocab_size=29, context_length=8, emb_dim=8, n_heads=2, n_layers=2, drop_rate=0.2)
@@ -25,25 +25,25 @@ def test_every_activation_and_gradient_keeps_the_dtype(dtype, train):
     targets = rng.integers(0, CFG.vocab_size, (2, 6))
     targets[0, 0] = -100
     logits, loss, cache = forward(params, CFG, idx, targets, train=train, rng=rng)
-    grads = backward(cache)
+    grads, act_grads = backward(cache, return_activation_grads=True)
 
-    acts, act_grads = cache["activations"], cache["activation_grads"]
+    acts = cache.activations
     assert sorted(acts) == sorted(activation_names(CFG))
     assert sorted(act_grads) == sorted(activation_names(CFG))
     assert wrong_dtypes(acts, dtype) == {}
     assert wrong_dtypes(act_grads, dtype) == {}
     assert sorted(grads) == sorted(params) and wrong_dtypes(grads, dtype) == {}
     assert logits.dtype == dtype and np.asarray(loss).dtype == dtype
-    kv = {f"{i}.{j}": a for i, pair in enumerate(cache["present_kv"]) for j, a in enumerate(pair)}
-    assert wrong_dtypes(kv, dtype) == {}
     if train:
-        assert len(cache["masks"]) == 1 + 3 * CFG.n_layers  # dropout really ran
+        assert len(cache.masks) == 1 + 3 * CFG.n_layers  # dropout really ran
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_generation_step_keeps_the_dtype(dtype):
     params = init_params(CFG, seed=0, dtype=dtype)
-    _, _, cache = forward(params, CFG, np.array([[1, 2, 3]]))
-    logits, _, step = forward(params, CFG, np.array([[4]]), past_kv=cache["present_kv"])
+    _, past_kv = decode(params, CFG, np.array([[1, 2, 3]]))
+    logits, kv = decode(params, CFG, np.array([[4]]), past_kv=past_kv)
     assert logits.dtype == dtype
-    assert all(a.dtype == dtype for pair in step["present_kv"] for a in pair)
+    for cache in (past_kv, kv):
+        named = {f"{i}.{j}": a for i, pair in enumerate(cache) for j, a in enumerate(pair)}
+        assert wrong_dtypes(named, dtype) == {}

@@ -22,10 +22,10 @@ def test_cached_step_logits_equal_full_recompute(params64):
     ids = rng.integers(0, CFG.vocab_size, 10).tolist()
     full, _, _ = model.forward(params64, CFG, np.array([ids]))
     step = numpy_step(params64, CFG)
-    logits, past = step(ids[:4], None)
+    logits, past_kv = step(ids[:4], None)
     got = [logits]
     for i in range(4, len(ids)):
-        logits, past = step([ids[i]], past)
+        logits, past_kv = step([ids[i]], past_kv)
         got.append(logits)
     expected = full[0, 3:]
     rel = np.abs(np.array(got) - expected).max() / np.abs(expected).max()
@@ -52,9 +52,9 @@ def test_each_cached_token_costs_one_position(params64):
     fed = []
     step = numpy_step(params64, CFG)
 
-    def counting_step(new_ids, past):
+    def counting_step(new_ids, past_kv):
         fed.append(len(new_ids))
-        return step(new_ids, past)
+        return step(new_ids, past_kv)
 
     settings = SamplingSettings(temperature=0, max_new_tokens=12)
     list(generate_tokens(counting_step, [1, 2, 3], CFG.context_length, settings))
@@ -65,7 +65,7 @@ def test_each_cached_token_costs_one_position(params64):
 def test_stops_at_end_of_text_without_yielding_it():
     script = iter([7, 8, EOT_ID, 9])  # the model "says" 7, 8, then end-of-text
 
-    def step(new_ids, past):
+    def step(new_ids, past_kv):
         logits = np.zeros(EOT_ID + 1)
         logits[next(script)] = 1.0
         return logits, None

@@ -1,10 +1,13 @@
-"""The model's forward: KV-cache semantics and input checking."""
+"""The model's forward, backward and decode: KV-cache semantics, what backward returns and
+leaves alone, and input checking."""
 
 import numpy as np
 import pytest
 
+from npgpt import attention
 from npgpt.config import GPTConfig
-from npgpt.model import backward, forward, init_params
+from npgpt.model import backward, decode, forward, init_params
+from npgpt.names import activation_names
 
 CFG = GPTConfig(vocab_size=31, context_length=10, emb_dim=12, n_heads=3, n_layers=2)
 
@@ -28,33 +31,86 @@ def test_kv_cache_matches_full_forward(params, prompt_len):
     they agree to rounding (~1e-15); 1e-12 leaves room without hiding a wrong key position."""
     idx = np.random.default_rng(1).integers(0, CFG.vocab_size, (2, CFG.context_length))
     full, _, _ = forward(params, CFG, idx)
-    logits, _, cache = forward(params, CFG, idx[:, :prompt_len])
+    logits, kv = decode(params, CFG, idx[:, :prompt_len])
     steps = [logits]
     for t in range(prompt_len, CFG.context_length):
-        logits, _, cache = forward(params, CFG, idx[:, t : t + 1], past_kv=cache["present_kv"])
+        logits, kv = decode(params, CFG, idx[:, t : t + 1], past_kv=kv)
         steps.append(logits)
-        assert cache["present_kv"][0][0].shape == (2, CFG.n_heads, t + 1, CFG.head_dim)
+        assert kv[0][0].shape == (2, CFG.n_heads, t + 1, CFG.head_dim)
     assert relative(np.concatenate(steps, axis=1), full) < 1e-12
 
 
 def test_kv_cache_uses_the_cached_positions(params):
     """Without the cache, the last token alone at position 0 gives different logits."""
     idx = np.array([[3, 1, 4, 1, 5]])
-    _, _, cache = forward(params, CFG, idx[:, :-1])
-    cached, _, _ = forward(params, CFG, idx[:, -1:], past_kv=cache["present_kv"])
-    alone, _, _ = forward(params, CFG, idx[:, -1:])
+    _, kv = decode(params, CFG, idx[:, :-1])
+    cached, _ = decode(params, CFG, idx[:, -1:], past_kv=kv)
+    alone, _ = decode(params, CFG, idx[:, -1:])
     full, _, _ = forward(params, CFG, idx)
     assert relative(cached[:, -1], full[:, -1]) < 1e-12
     assert relative(alone[:, -1], full[:, -1]) > 1e-3
 
 
-def test_backward_refuses_a_kv_cache_forward(params):
-    _, _, cache = forward(params, CFG, np.array([[1, 2]]))
-    _, _, step = forward(
-        params, CFG, np.array([[3]]), targets=np.array([[4]]), past_kv=cache["present_kv"]
-    )
+def test_backward_refuses_a_kv_cache_forward():
+    """Only `decode` takes a KV cache, and it keeps nothing for backward; attention's backward,
+    given the cache of a forward that had one, says so rather than return wrong gradients."""
+    rng = np.random.default_rng(0)
+    past_kv = (rng.standard_normal((1, 2, 3, 4)), rng.standard_normal((1, 2, 3, 4)))
+    y, cache = attention.forward(rng.standard_normal((1, 1, 24)), 2, past_kv=past_kv)
+    assert cache.k.shape == cache.v.shape == (1, 2, 4, 4)  # the 3 cached positions and the new one
     with pytest.raises(ValueError, match="not with a KV cache"):
-        backward(step)
+        attention.backward(np.ones_like(y), cache)
+
+
+def test_decode_checks_its_kv_cache(params):
+    _, kv = decode(params, CFG, np.array([[1, 2]]))
+    with pytest.raises(ValueError, match="past_kv holds 1 layers' .*, but the model has 2"):
+        decode(params, CFG, np.array([[3]]), past_kv=kv[:1])
+
+
+def test_backward_returns_activation_grads_only_when_asked(params):
+    idx, targets = np.array([[1, 2, 3]]), np.array([[2, 3, 4]])
+    _, _, cache = forward(params, CFG, idx, targets)
+    grads = backward(cache)
+    assert sorted(grads) == sorted(params)
+    again, activation_grads = backward(cache, return_activation_grads=True)
+    assert list(activation_grads) == activation_names(CFG) == list(cache.activations)
+    for name, grad in activation_grads.items():
+        assert grad.shape == cache.activations[name].shape, name
+    assert all(np.array_equal(grads[name], again[name]) for name in params)
+
+
+def arrays_in(value, path="cache"):
+    """Every array reachable from `value` through named tuples, tuples, lists and dicts."""
+    if isinstance(value, np.ndarray):
+        return {path: value}
+    found = {}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        for field in value._fields:
+            found |= arrays_in(getattr(value, field), f"{path}.{field}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found |= arrays_in(item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found |= arrays_in(item, f"{path}[{key!r}]")
+    return found
+
+
+def test_backward_writes_nothing_into_the_cache(params):
+    cfg = CFG.replace(drop_rate=0.2)
+    rng = np.random.default_rng(2)
+    idx = rng.integers(0, CFG.vocab_size, (2, 5))
+    _, _, cache = forward(params, cfg, idx, idx, train=True, rng=rng)
+    before = {path: a.copy() for path, a in arrays_in(cache).items()}
+    fields = {field: len(getattr(cache, field)) for field in ("activations", "masks", "blocks")}
+    assert len(before) > 20 * cfg.n_layers  # the walk really reached the op caches
+    backward(cache, return_activation_grads=True)
+    backward(cache)
+    after = arrays_in(cache)
+    assert sorted(after) == sorted(before)
+    assert [path for path in before if not np.array_equal(before[path], after[path])] == []
+    assert fields == {field: len(getattr(cache, field)) for field in fields}
 
 
 @pytest.mark.parametrize(
@@ -74,9 +130,9 @@ def test_bad_token_input(params, idx, message):
 
 
 def test_too_long_with_the_cache(params):
-    _, _, cache = forward(params, CFG, np.zeros((1, 9), dtype=int))
+    _, kv = decode(params, CFG, np.zeros((1, 9), dtype=int))
     with pytest.raises(ValueError, match="sequence of 11 tokens"):
-        forward(params, CFG, np.zeros((1, 2), dtype=int), past_kv=cache["present_kv"])
+        decode(params, CFG, np.zeros((1, 2), dtype=int), past_kv=kv)
 
 
 def test_targets_must_match_idx(params):

@@ -88,8 +88,18 @@ def test_filtered_tokens_are_never_drawn():
         ({"top_p": 0}, "top_p"),
         ({"max_new_tokens": -2}, "max_new_tokens"),
         ({"stop": ("",)}, "stop"),
+        ({"seed": -1}, "seed must be a whole number >= 0"),
+        ({"top_k": 2.5}, "top_k must be a positive integer"),
+        ({"temperature": True}, "temperature must be >= 0"),
+        ({"max_new_tokens": "5"}, "max_new_tokens must be >= 0, got '5'"),
     ],
 )
 def test_invalid_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SamplingSettings(**kwargs)
+
+
+def test_stop_takes_one_string_or_several():
+    assert SamplingSettings(stop="\n\n").stop == ("\n\n",)
+    assert SamplingSettings(stop=["a", "b"]).stop == ("a", "b")
+    assert SamplingSettings(top_k=np.int64(3), seed=np.uint32(7)).top_k == 3

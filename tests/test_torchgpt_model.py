@@ -10,7 +10,7 @@ import torch
 import npgpt
 import torchgpt
 from npgpt.config import GPTConfig
-from npgpt.model import draw_dropout_masks
+from npgpt.model import decode, draw_dropout_masks
 from npgpt.names import activation_names, param_shapes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -43,7 +43,7 @@ def test_activations_and_grads_match_npgpt_float64(train):
     np_logits, np_loss, cache = npgpt.forward(
         params, CFG, idx, targets, train=train, dropout_masks=masks
     )
-    np_grads = npgpt.backward(cache)
+    np_grads, np_act_grads = npgpt.backward(cache, return_activation_grads=True)
 
     model = torchgpt.GPT.from_params(CFG, params, attn="math")
     assert model.wte.weight.dtype == torch.float64
@@ -59,8 +59,8 @@ def test_activations_and_grads_match_npgpt_float64(train):
     assert abs(loss.item() - float(np_loss)) <= TOL
     assert sorted(capture) == sorted(activation_names(CFG))
     for name in activation_names(CFG):
-        assert close(capture[name], cache["activations"][name]), name
-        assert close(capture[name].grad, cache["activation_grads"][name]), name
+        assert close(capture[name], cache.activations[name]), name
+        assert close(capture[name].grad, np_act_grads[name]), name
     named = dict(model.named_parameters())
     assert sorted(named) == sorted(param_shapes(CFG))
     for name, grad in np_grads.items():
@@ -86,14 +86,14 @@ def test_kv_cache_equals_full_recompute():
     for attn in ("math", "sdpa"):
         model = torchgpt.GPT.from_params(CFG, params, attn=attn).eval()
         full, _ = model(idx)
-        first, past = model.decode(idx[:, :5])  # a prompt of 5, then 2 tokens, then 1, then 1
-        second, past = model.decode(idx[:, 5:7], past)
-        third, past = model.decode(idx[:, 7:8], past)
-        fourth, past = model.decode(idx[:, 8:9], past)
-        assert past[0][0].shape == (B, CFG.n_heads, T, CFG.head_dim)
+        first, kv = model.decode(idx[:, :5])  # a prompt of 5, then 2 tokens, then 1, then 1
+        second, kv = model.decode(idx[:, 5:7], kv)
+        third, kv = model.decode(idx[:, 7:8], kv)
+        fourth, kv = model.decode(idx[:, 8:9], kv)
+        assert kv[0][0].shape == (B, CFG.n_heads, T, CFG.head_dim)
         assert close(torch.cat([first, second, third, fourth], dim=1), full)
-    _, _, cache = npgpt.forward(params, CFG, idx.numpy())
-    assert close(past[1][1], cache["present_kv"][1][1])
+    _, np_kv = decode(params, CFG, idx.numpy())
+    assert close(kv[1][1], np_kv[1][1])
 
 
 def test_round_trip_is_bit_exact(tmp_path):

@@ -26,7 +26,7 @@ from npgpt.training import metrics
 from npgpt.training.backend import Backend, BackendState, NumpyBackend
 from npgpt.training.loop import train
 from npgpt.training.run_directory import resumed_settings
-from npgpt.training.settings import SETTINGS, model_config, resolve_settings
+from npgpt.training.settings import BY_NAME, model_config, resolve_settings
 from torchgpt.distributed import shard
 from torchgpt.model import ATTN_CHOICES
 from torchgpt.training import AMP_DTYPES, TorchBackend
@@ -203,5 +203,5 @@ def test_torch_backend_is_a_backend(corpus, tmp_path):
 
 
 def test_the_torch_choices_are_the_ones_torchgpt_implements():
-    assert SETTINGS["amp"].choices == tuple(AMP_DTYPES)
-    assert sorted(SETTINGS["attn"].choices) == sorted(ATTN_CHOICES)
+    assert BY_NAME["amp"].choices == tuple(AMP_DTYPES)
+    assert sorted(BY_NAME["attn"].choices) == sorted(ATTN_CHOICES)

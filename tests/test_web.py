@@ -320,7 +320,7 @@ def test_a_missing_checkpoint_is_said_in_the_chat_until_it_appears(browser, serv
 def in_process_generate(checkpoint, prompt, settings):
     """What `cli.py generate` prints after the prompt, computed here with the same npgpt calls."""
     from npgpt.generate import generate, stream_text
-    from npgpt.weights.formats import load
+    from npgpt.weights.checkpoint import load
     from webapp.settings import DEFAULTS, parse
 
     config, params = load(checkpoint)

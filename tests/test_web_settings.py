@@ -39,7 +39,7 @@ def test_fields_typed_in_the_panel_are_parsed():
         ("top_p", "0", "top-p must be in (0, 1], got 0"),
         ("max_new_tokens", "-3", "max new tokens must be >= 0"),
         ("max_new_tokens", None, "Max new tokens is empty"),
-        ("seed", "-1", "Seed must be a whole number >= 0"),
+        ("seed", "-1", "seed must be a whole number >= 0"),  # the sampler's own rule
         ("seed", "inf", "Seed must be a whole number >= 0"),
     ],
 )

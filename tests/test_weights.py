@@ -16,9 +16,10 @@ from npgpt.config import GPTConfig
 from npgpt.model import init_params
 from npgpt.names import param_shapes
 from npgpt.weights import tf_bundle
-from npgpt.weights.checkpoint import CheckpointError, save
+from npgpt.weights.check import CheckpointError
+from npgpt.weights.checkpoint import load, save
 from npgpt.weights.crc32c import crc32c, crc32c_bytewise
-from npgpt.weights.formats import detect_format, load
+from npgpt.weights.formats import detect_format, write_config
 from npgpt.weights.openai import openai_name, openai_shape, save_openai
 
 CFG = GPTConfig(vocab_size=53, context_length=16, emb_dim=8, n_heads=2, n_layers=2)
@@ -206,7 +207,7 @@ def test_a_hub_style_directory(tmp_path, params):
 @pytest.mark.parametrize("prefixed", [True, False], ids=["transformer.-keys", "bare-keys"])
 def test_hf_safetensors_dir_in_both_key_styles(tmp_path, params, prefixed):
     save_file(hf_tensors(params, prefixed), str(tmp_path / "model.safetensors"))
-    CFG.save_json(tmp_path / "config.json")
+    write_config(tmp_path / "config.json", CFG)
     assert detect_format(tmp_path) == ("safetensors", tmp_path / "model.safetensors")
     config, loaded = load(tmp_path)
     assert config == CFG
@@ -217,7 +218,7 @@ def test_hf_safetensors_dir_in_both_key_styles(tmp_path, params, prefixed):
 def test_pytorch_bin_in_both_key_styles(tmp_path, params, prefixed):
     state = {k: torch.from_numpy(v.copy()) for k, v in hf_tensors(params, prefixed).items()}
     torch.save(state, tmp_path / "pytorch_model.bin")
-    CFG.save_json(tmp_path / "config.json")
+    write_config(tmp_path / "config.json", CFG)
     assert detect_format(tmp_path) == ("pytorch", tmp_path / "pytorch_model.bin")
     config, loaded = load(tmp_path)
     assert config == CFG
@@ -234,7 +235,7 @@ class Payload:
 def test_pytorch_bin_holding_code_is_refused(tmp_path, params, capfd):
     with open(tmp_path / "pytorch_model.bin", "wb") as f:
         pickle.dump({"wte.weight": Payload()}, f, protocol=2)
-    CFG.save_json(tmp_path / "config.json")
+    write_config(tmp_path / "config.json", CFG)
     with pytest.raises(CheckpointError, match="not a readable PyTorch weights file.*Unpickl"):
         load(tmp_path)
     assert "this would run on load" not in capfd.readouterr().out
@@ -243,7 +244,7 @@ def test_pytorch_bin_holding_code_is_refused(tmp_path, params, capfd):
 def test_truncated_pytorch_bin(tmp_path, params):
     torch.save({k: torch.from_numpy(v) for k, v in params.items()}, tmp_path / "w.bin")
     truncate(tmp_path / "w.bin", -200)
-    CFG.save_json(tmp_path / "config.json")
+    write_config(tmp_path / "config.json", CFG)
     with pytest.raises(CheckpointError, match="truncated or corrupt") as err:
         load(tmp_path / "w.bin")
     assert str(tmp_path / "w.bin") in str(err.value)
@@ -262,7 +263,7 @@ def test_hf_key_and_shape_problems_are_all_listed(tmp_path, params):
     tensors["transformer.wpe.weight"] = np.zeros((32, 8), np.float32)
     tensors["transformer.h.0.attn.q_norm.weight"] = np.zeros(8, np.float32)
     save_file(tensors, str(tmp_path / "model.safetensors"))
-    CFG.save_json(tmp_path / "config.json")
+    write_config(tmp_path / "config.json", CFG)
     with pytest.raises(CheckpointError) as err:
         load(tmp_path)
     message = str(err.value)
@@ -295,6 +296,49 @@ def test_bfloat16_safetensors_refused_even_once_ml_dtypes_is_loaded(tmp_path, pa
     ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes comes with tensorflow")
     tensors = dict(params) | {"ln_f.bias": params["ln_f.bias"].astype(ml_dtypes.bfloat16)}
     save_file(tensors, str(tmp_path / "model.safetensors"))
-    CFG.save_json(tmp_path / "config.json")
+    write_config(tmp_path / "config.json", CFG)
     with pytest.raises(CheckpointError, match=r"dtype NumPy cannot represent \(ln_f.bias: bfl"):
         load(tmp_path)
+
+
+# --- one check for every format ------------------------------------------------------------
+
+
+def write_in_format(fmt, directory, params):
+    """`params` as the named format writes them (under its own names)."""
+    directory.mkdir()
+    if fmt == "openai-tf":
+        tensors = {openai_name(n): v.reshape(openai_shape(n, v.shape)) for n, v in params.items()}
+        save_openai(directory, CFG, init_params(CFG))  # hparams.json and checkpoint
+        tf_bundle.write_bundle(directory / "model.ckpt", tensors)
+        return directory
+    tensors = {f"transformer.{name}": value for name, value in params.items()}
+    if fmt == "pytorch":
+        torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, directory / "w.bin")
+        weights = directory / "w.bin"
+    else:
+        save_file(tensors, str(directory / "model.safetensors"))
+        weights = directory
+    write_config(directory / "config.json", CFG)
+    return weights
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pytorch", "openai-tf"])
+def test_every_format_passes_the_same_check(tmp_path, params, fmt):
+    bad = dict(params) | {"ln_f.bias": np.arange(8, dtype=np.int32)}
+    del bad["h.1.ln_2.weight"]
+    bad["h.0.mlp.c_fc.bias"] = np.zeros(5, np.float32)
+    with pytest.raises(CheckpointError) as err:
+        load(write_in_format(fmt, tmp_path / fmt, bad), tf_reader="numpy")
+    message = str(err.value)
+    assert "missing keys (1): h.1.ln_2.weight" in message
+    assert "h.0.mlp.c_fc.bias: (5,) in file, (32,) expected" in message
+    assert "not floating point (1): ln_f.bias: int32" in message
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path, params):
+    with pytest.raises(CheckpointError, match="not floating point.*ln_f.bias: int64"):
+        save(tmp_path, CFG, dict(params) | {"ln_f.bias": np.arange(8)})
+    with pytest.raises(CheckpointError, match="not floating point.*wte.weight: int32"):
+        save_openai(tmp_path, CFG, dict(params) | {"wte.weight": np.zeros((53, 8), np.int32)})
+    assert list(tmp_path.iterdir()) == []

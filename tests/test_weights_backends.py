@@ -19,6 +19,7 @@ from npgpt.generate import generate as np_generate
 from npgpt.model import init_params
 from npgpt.sampling import SamplingSettings
 from npgpt.tokenizer import get_tokenizer
+from npgpt.weights.formats import write_config
 from npgpt.weights.openai import save_openai
 from torchgpt.generate import generate as torch_generate
 
@@ -43,7 +44,7 @@ def checkpoints(params, tmp_path_factory):
     (root / "hf").mkdir()
     hf = {f"transformer.{name}": value for name, value in params.items()}
     save_file(hf | {"lm_head.weight": params["wte.weight"]}, str(root / "hf/model.safetensors"))
-    CFG.save_json(root / "hf/config.json")
+    write_config(root / "hf/config.json", CFG)
     npgpt.save(root / "npgpt", CFG, params)
     return root
 

@@ -12,11 +12,10 @@ import pytest
 from npgpt.config import GPTConfig
 from npgpt.model import init_params
 from npgpt.names import param_shapes
-from npgpt.weights import openai as openai_checkpoint
 from npgpt.weights import tf_bundle
-from npgpt.weights.checkpoint import CheckpointError
-from npgpt.weights.formats import load
-from npgpt.weights.openai import load_openai, openai_name, openai_shape, save_openai
+from npgpt.weights.check import CheckpointError
+from npgpt.weights.checkpoint import load
+from npgpt.weights.openai import openai_name, openai_shape, save_openai
 
 CFG = GPTConfig(vocab_size=53, context_length=16, emb_dim=8, n_heads=2, n_layers=2)
 
@@ -110,7 +109,7 @@ def test_numpy_writer_output_reads_in_tensorflow(tf, tmp_path, params, dtype):
 
 def test_tensorflow_writer_output_reads_in_numpy(tf, tmp_path, params):
     save_openai(tmp_path, CFG, params, writer="tensorflow")
-    _, loaded = load_openai(tmp_path, reader="numpy")
+    _, loaded = load(tmp_path, tf_reader="numpy")
     for name, value in params.items():
         assert loaded[name].tobytes() == value.tobytes(), name
 
@@ -158,5 +157,5 @@ def test_damaged_checkpoint_is_a_clear_error_with_either_reader(
         raw[len(raw) // 3] ^= 0x5A
         index.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError) as err:
-        openai_checkpoint.load_openai(copy, reader=reader)
+        load(copy, tf_reader=reader)
     assert str(copy / "model.ckpt") in str(err.value)

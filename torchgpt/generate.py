@@ -1,7 +1,7 @@
 """Generation with the PyTorch twin: npgpt's loop and sampler, torchgpt's forward.
 
-`npgpt.generate.generate_tokens` is backend-independent: it calls `step(new_ids, past) ->
-(logits (V,), present)`. `torch_step` is that step for a `torchgpt.GPT`: it runs the new ids
+`npgpt.generate.generate_tokens` is backend-independent: it calls `step(new_ids, past_kv) ->
+(logits (V,), kv)`. `torch_step` is that step for a `torchgpt.GPT`: it runs the new ids
 through the model after the cached keys/values (`GPT.decode`) and hands the last position's
 logits to the shared sampler as a numpy array, so a seed gives the same tokens in either
 backend (the sampler draws with numpy in float64 whatever the model's dtype). Streaming and
@@ -34,14 +34,14 @@ def torch_step(model, amp_dtype=None):
     )
 
     @torch.no_grad()
-    def step(new_ids, past):
+    def step(new_ids, past_kv):
         idx = torch.tensor([new_ids], dtype=torch.long, device=device)
         with autocast, sdpa_kernel(DECODE_KERNELS):
-            logits, present = model.decode(idx, past)
+            logits, kv = model.decode(idx, past_kv)
         last = logits[0, -1]
         if last.dtype in (torch.bfloat16, torch.float16):
             last = last.float()
-        return last.cpu().numpy(), present
+        return last.cpu().numpy(), kv
 
     return step
 

@@ -14,20 +14,22 @@ Attention comes in two implementations that compute the same function:
                kernels on a GPU. It never materialises the (T, T) probabilities, so it neither
                captures `attn.probs` nor takes an `h.{i}.attn.drop` mask.
 
-forward(idx, targets=None, *, dropout_masks=None, capture=None, past_kv=None, present_kv=None)
+forward(idx, targets=None, *, dropout_masks=None, capture=None, past_kv=None, kv=None)
 returns (logits, loss):
   dropout_masks  {mask name: bool tensor} (`npgpt.names.dropout_mask_shapes`). In train mode with
-                 drop_rate > 0 a given mask replaces random dropout: y = x * keep / (1 - p),
-                 exactly `npgpt.dropout`; masks not given are drawn by torch.
+                 drop_rate > 0 a given mask replaces random dropout:
+                 y = x * keep / (1 - drop_rate), exactly `npgpt.dropout`; masks not given are
+                 drawn by torch.
   capture        a dict that forward fills with every activation under `npgpt.names`'s names,
                  each `.retain_grad()`-ed when autograd is recording, so that after
-                 `loss.backward()` `capture[name].grad` equals npgpt's
-                 `cache["activation_grads"][name]`.
-  past_kv        generation's KV cache: one (k, v) per layer, each (B, H, T_past, D), as npgpt's
-                 `cache["present_kv"]`. The new tokens sit at positions T_past, T_past + 1, ...
-  present_kv     a list that forward fills with each layer's (k, v) over all T_past + T tokens:
+                 `loss.backward()` `capture[name].grad` equals npgpt's activation gradient
+                 (`npgpt.backward(cache, return_activation_grads=True)`).
+  past_kv        generation's KV cache: one (k, v) per layer, each (B, H, T_past, D), as
+                 `npgpt.model.decode` takes it. The new tokens sit at positions T_past,
+                 T_past + 1, ...
+  kv             a list that forward fills with each layer's (k, v) over all T_past + T tokens:
                  feed it back as the next call's `past_kv`. `model.decode(idx, past_kv)` wraps
-                 both for generation and returns (logits, present_kv).
+                 both for generation and returns (logits, kv), as `npgpt.model.decode` does.
 """
 
 import math
@@ -40,7 +42,7 @@ from torch import nn
 import npgpt
 from npgpt.crossentropy import IGNORE_INDEX
 from npgpt.names import dropout_mask_shapes, param_shapes
-from npgpt.weights.checkpoint import check_params
+from npgpt.weights.check import check_params
 from torchgpt.device import resolve_device, resolve_dtype
 
 ATTN_CHOICES = ("math", "sdpa")
@@ -60,17 +62,17 @@ class Conv1D(nn.Module):
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
-def dropout(x, p, training, keep=None):
-    """npgpt.dropout when a keep mask is given (x * keep * 1/(1-p)), else torch's own."""
-    if not training or p == 0.0:
+def dropout(x, drop_rate, training, keep=None):
+    """npgpt.dropout when a keep mask is given (x * keep / (1 - drop_rate)), else torch's own."""
+    if not training or drop_rate == 0.0:
         return x
     if keep is None:
-        return F.dropout(x, p, training=True)
+        return F.dropout(x, drop_rate, training=True)
     if tuple(keep.shape) != tuple(x.shape):
         raise ValueError(
             f"dropout mask has shape {tuple(keep.shape)}, but its input has {tuple(x.shape)}"
         )
-    return x * keep.to(device=x.device, dtype=torch.bool) * (1.0 / (1.0 - p))
+    return x * keep.to(device=x.device, dtype=torch.bool) * (1.0 / (1.0 - drop_rate))
 
 
 def record(capture, name, tensor):
@@ -88,11 +90,11 @@ def causal_allowed(t_query, t_key, device):
 class Attention(nn.Module):
     def __init__(self, config, attn):
         super().__init__()
-        self.n_heads, self.p, self.attn = config.n_heads, config.drop_rate, attn
+        self.n_heads, self.drop_rate, self.attn = config.n_heads, config.drop_rate, attn
         self.c_attn = Conv1D(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)
         self.c_proj = Conv1D(config.emb_dim, config.emb_dim)
 
-    def forward(self, x, keep, capture, prefix, past_kv):
+    def forward(self, x, masks, capture, prefix, past_kv):
         B, T, C = x.shape
         qkv = self.c_attn(x)
         record(capture, prefix + "qkv", qkv)
@@ -104,16 +106,16 @@ class Attention(nn.Module):
             k = torch.cat([past_kv[0].to(k.dtype), k], dim=2)
             v = torch.cat([past_kv[1].to(v.dtype), v], dim=2)
         T_key = k.shape[2]
-        drop_keep = keep.get("attn.drop")
+        keep = masks.get("attn.drop")
         if self.attn == "math":
             scale = 1.0 / math.sqrt(q.shape[-1])
             s = (q @ k.transpose(-2, -1)) * scale
             s = s.masked_fill(~causal_allowed(T, T_key, x.device), float("-inf"))
             p = torch.softmax(s, dim=-1)
             record(capture, prefix + "probs", p)
-            y = dropout(p, self.p, self.training, drop_keep) @ v
+            y = dropout(p, self.drop_rate, self.training, keep) @ v
         else:
-            if drop_keep is not None and self.training and self.p > 0:
+            if keep is not None and self.training and self.drop_rate > 0:
                 raise ValueError(
                     f"{prefix}drop: attn='sdpa' cannot take an external attention-dropout mask; "
                     f"use attn='math'"
@@ -124,7 +126,7 @@ class Attention(nn.Module):
                 k,
                 v,
                 attn_mask=mask,
-                dropout_p=self.p if self.training else 0.0,
+                dropout_p=self.drop_rate if self.training else 0.0,
                 is_causal=mask is None,
             )
         ctx = y.transpose(1, 2).reshape(B, T, C)
@@ -155,24 +157,24 @@ class Block(nn.Module):
 
     def __init__(self, config, attn):
         super().__init__()
-        self.p = config.drop_rate
+        self.drop_rate = config.drop_rate
         self.ln_1 = nn.LayerNorm(config.emb_dim, eps=config.ln_eps)
         self.attn = Attention(config, attn)
         self.ln_2 = nn.LayerNorm(config.emb_dim, eps=config.ln_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, keep, capture, prefix, past_kv):
+    def forward(self, x, masks, capture, prefix, past_kv):
         h = self.ln_1(x)
         record(capture, prefix + "ln_1", h)
-        a, present = self.attn(h, keep, capture, prefix + "attn.", past_kv)
-        r = x + dropout(a, self.p, self.training, keep.get("attn.resid_drop"))
+        a, kv = self.attn(h, masks, capture, prefix + "attn.", past_kv)
+        r = x + dropout(a, self.drop_rate, self.training, masks.get("attn.resid_drop"))
         record(capture, prefix + "res_1", r)
         h = self.ln_2(r)
         record(capture, prefix + "ln_2", h)
         m = self.mlp(h, capture, prefix + "mlp.")
-        out = r + dropout(m, self.p, self.training, keep.get("mlp.resid_drop"))
+        out = r + dropout(m, self.drop_rate, self.training, masks.get("mlp.resid_drop"))
         record(capture, prefix + "out", out)
-        return out, present
+        return out, kv
 
 
 class GPT(nn.Module):
@@ -220,10 +222,10 @@ class GPT(nn.Module):
         return params
 
     def num_params(self):
-        return sum(p.numel() for p in self.parameters())
+        return sum(param.numel() for param in self.parameters())
 
     def forward(
-        self, idx, targets=None, *, dropout_masks=None, capture=None, past_kv=None, present_kv=None
+        self, idx, targets=None, *, dropout_masks=None, capture=None, past_kv=None, kv=None
     ):
         cfg = self.config
         B, T = idx.shape
@@ -244,10 +246,11 @@ class GPT(nn.Module):
         record(capture, "emb", x)
         for i, block in enumerate(self.h):
             prefix = f"h.{i}."
-            keep = {n[len(prefix) :]: m for n, m in masks.items() if n.startswith(prefix)}
-            x, present = block(x, keep, capture, prefix, None if past_kv is None else past_kv[i])
-            if present_kv is not None:
-                present_kv.append(present)
+            block_masks = {n[len(prefix) :]: m for n, m in masks.items() if n.startswith(prefix)}
+            layer_past_kv = None if past_kv is None else past_kv[i]
+            x, layer_kv = block(x, block_masks, capture, prefix, layer_past_kv)
+            if kv is not None:
+                kv.append(layer_kv)
         x = self.ln_f(x)
         record(capture, "ln_f", x)
         logits = F.linear(x, self.wte.weight)  # tied head: x @ wte^T
@@ -263,10 +266,10 @@ class GPT(nn.Module):
     @torch.no_grad()
     def decode(self, idx, past_kv=None):
         """One generation step: logits for the new tokens `idx` (B, T) after the cached ones,
-        and the cache extended by them."""
-        present = []
-        logits, _ = self(idx, past_kv=past_kv, present_kv=present)
-        return logits, present
+        and the KV cache extended by them."""
+        kv = []
+        logits, _ = self(idx, past_kv=past_kv, kv=kv)
+        return logits, kv
 
 
 def load(path, attn="sdpa", device="cpu", dtype=torch.float32):

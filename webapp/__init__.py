@@ -2,8 +2,9 @@
 
 It lives apart from npgpt's textbook modules (npgpt never imports chainlit):
 
-    settings.py  the page's sampling settings: the widgets' defaults and form -> SamplingSettings
+    settings.py  the page's sampling settings (declared in npgpt.sampling): form -> SamplingSettings
     serve.py     writes Chainlit's config and an offline index page to a temporary app directory,
                  then runs Chainlit on `app.py`
-    app.py       the Chainlit callbacks: one chat session = one user's settings and answers
+    app.py       the Chainlit callbacks: one chat session = one user's settings and answers;
+                 the model is loaded and run through `frontend.py`, as `cli.py generate` does
 """

@@ -7,7 +7,7 @@ random generator, so two people generating at once never see each other's tokens
 
 Off the event loop. Sampling a token is seconds of NumPy (or PyTorch) work on a big model. The
 server's event loop also carries every other session's messages, so each token is computed in a
-worker thread (`asyncio.to_thread(next, tokens)`), and the loop only forwards finished pieces of
+worker thread (`asyncio.to_thread(next, pieces)`), and the loop only forwards finished pieces of
 text to the browser. Two sessions generate in two threads at the same time.
 
 What the model cannot serve is said in the chat, and the server keeps running: a checkpoint that
@@ -22,38 +22,31 @@ import os
 import shutil
 import sys
 import threading
-import time
 from pathlib import Path
 
 import chainlit as cl
-import click
 from chainlit.input_widget import NumberInput, TextInput
 
-from cli import load_generator
+from frontend import Generation, UserError, encode_prompt, load_model
 from npgpt.config import PRESETS
-from npgpt.generate import stream_text
 from npgpt.names import num_params
-from npgpt.tokenizer import get_tokenizer
 from webapp import serve, settings
 
 LOAD_LOCK = threading.Lock()
 DONE = object()  # what `next` returns once the answer is complete
 
 
-class ModelUnavailable(Exception):
-    """The server's checkpoint cannot be loaded (yet)."""
-
-
 @functools.cache
-def load_cached():
+def load_server_model():
+    """(model, summary) of the server's checkpoint; raises UserError when it cannot be loaded."""
     checkpoint = os.environ[serve.ENV_CHECKPOINT]
-    backend = os.environ[serve.ENV_BACKEND]
-    try:
-        config, run, description = load_generator(
-            checkpoint, backend, os.environ[serve.ENV_DEVICE], os.environ[serve.ENV_DTYPE]
-        )
-    except click.ClickException as err:
-        raise ModelUnavailable(err.message) from None
+    model = load_model(
+        checkpoint,
+        os.environ[serve.ENV_BACKEND],
+        os.environ[serve.ENV_DEVICE],
+        os.environ[serve.ENV_DTYPE],
+    )
+    config = model.config
     shape = config.replace(drop_rate=0.0)  # dropout is off when generating anyway
     layout = next(
         (name for name, preset in PRESETS.items() if preset.replace(drop_rate=0.0) == shape),
@@ -62,33 +55,38 @@ def load_cached():
     summary = (
         f"**{Path(checkpoint).name}** · {layout} layout ({config.n_layers} layers, "
         f"width {config.emb_dim}, context {config.context_length}) · "
-        f"{num_params(config) / 1e6:.2f}M parameters · {description}"
+        f"{num_params(config) / 1e6:.2f}M parameters · {model.description}"
     )
-    return config, run, summary
+    return model, summary
 
 
-def load_model():
-    """(config, run, summary) of the server's checkpoint; failures are not cached."""
+def server_model():
+    """(model, summary) of the server's checkpoint, loaded on first use; failures are not
+    cached, so a checkpoint that appears later is found."""
     with LOAD_LOCK:
-        return load_cached()
+        return load_server_model()
 
 
 def settings_widgets():
     """The settings panel: number boxes for required fields, text boxes (empty = off) for others."""
     widgets = []
-    for key, (label, _, required, accepts) in settings.FIELDS.items():
-        if required:
-            initial = settings.DEFAULTS[key]
-            widgets.append(NumberInput(id=key, label=label, initial=initial, description=accepts))
+    for setting in settings.PANEL_SETTINGS:
+        if settings.is_optional(setting):
+            widget = TextInput(
+                id=setting.name,
+                label=setting.label,
+                placeholder=settings.when_empty(setting),
+                description=setting.accepts,
+            )
         else:
-            empty = accepts.rsplit("empty = ", 1)[1]  # "off" or "random"
-            widgets.append(TextInput(id=key, label=label, placeholder=empty, description=accepts))
+            widget = NumberInput(
+                id=setting.name,
+                label=setting.label,
+                initial=setting.default,
+                description=setting.accepts,
+            )
+        widgets.append(widget)
     return widgets
-
-
-def encode_prompt(text):
-    """The CLI's encoding of a prompt: a typed `<|endoftext|>` is the special token."""
-    return get_tokenizer().encode(text, allowed_special={"<|endoftext|>"})
 
 
 async def say_problem(text):
@@ -106,8 +104,8 @@ def fenced(text):
 @cl.on_app_startup
 async def warm_up():
     try:
-        await asyncio.to_thread(load_model)
-    except ModelUnavailable as err:
+        await asyncio.to_thread(server_model)
+    except UserError as err:
         print(f"npgpt: {err} (the page says so until it loads)", file=sys.stderr)
 
 
@@ -120,8 +118,8 @@ def remove_app_dir():
 async def start():
     await cl.ChatSettings(settings_widgets()).send()
     try:
-        _, _, summary = await asyncio.to_thread(load_model)
-    except ModelUnavailable as err:
+        _, summary = await asyncio.to_thread(server_model)
+    except UserError as err:
         await say_problem(f"No model to answer with: {err}. Each message tries to load it again.")
         return
     await cl.Message(content=f"Model: {summary}", author="npgpt").send()
@@ -138,8 +136,8 @@ async def settings_changed(values):
 @cl.on_message
 async def answer(message):
     try:
-        config, run, summary = await asyncio.to_thread(load_model)
-    except ModelUnavailable as err:
+        model, summary = await asyncio.to_thread(server_model)
+    except UserError as err:
         await say_problem(f"No model to answer with: {err}. Each message tries to load it again.")
         return
     try:
@@ -148,30 +146,23 @@ async def answer(message):
         await say_problem(f"Invalid setting: {err}. Fix it in the settings panel.")
         return
     prompt_ids = await asyncio.to_thread(encode_prompt, message.content)
-    if len(prompt_ids) > config.context_length:
+    longest = model.config.context_length
+    if len(prompt_ids) > longest:
         await say_problem(
-            f"The prompt is {len(prompt_ids)} tokens, but this model reads at most "
-            f"{config.context_length} (its context window): shorten it by "
-            f"{len(prompt_ids) - config.context_length} tokens."
+            f"The prompt is {len(prompt_ids)} tokens, but this model reads at most {longest} "
+            f"(its context window): shorten it by {len(prompt_ids) - longest} tokens."
         )
         return
-    count = 0
-
-    def counted(ids):
-        nonlocal count
-        for token in ids:
-            count += 1
-            yield token
-
     reply = cl.Message(content="````text\n", author="npgpt")  # streams inside an open code block
     text = ""
-    start_time = time.perf_counter()
-    pieces = stream_text(counted(run(prompt_ids, sampling)))
+    generation = Generation(model, prompt_ids, sampling)
+    pieces = iter(generation)
     while (piece := await asyncio.to_thread(next, pieces, DONE)) is not DONE:
         text += piece
         await reply.stream_token(piece)
-    seconds = time.perf_counter() - start_time
     shown = fenced(text) if text else "*(no text: `<|endoftext|>` came first, or 0 new tokens)*"
-    speed = f"{count} tokens in {seconds:.2f} s · {count / max(seconds, 1e-9):.1f} tokens/s"
+    speed = (
+        f"{generation.tokens} tokens in {generation.seconds:.2f} s · {generation.rate:.1f} tokens/s"
+    )
     reply.content = f"{shown}\n\n*{speed} · {summary}*"
     await (reply.update() if reply.streaming else reply.send())  # no token: nothing sent yet

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from npgpt.tokenizer import EOT_ID, get_tokenizer
-from npgpt.weights.checkpoint import atomic_write
+from npgpt.weights.atomic import atomic_write
 
 BUILTIN = "built-in corpus (pydoc_data.topics)"
 

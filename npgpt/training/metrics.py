@@ -24,7 +24,7 @@ the file always describes one unbroken run.
 import json
 from pathlib import Path
 
-from npgpt.weights.checkpoint import atomic_write_text
+from npgpt.weights.atomic import atomic_write_text
 
 FIELDS = ("step", "tokens", "loss", "lr", "tokens_per_s", "train_loss", "val_loss")
 

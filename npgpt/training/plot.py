@@ -8,7 +8,7 @@ extra); without it `plot_losses` prints a note and returns False.
 
 import sys
 
-from npgpt.weights.checkpoint import atomic_write
+from npgpt.weights.atomic import atomic_write
 
 
 def plot_losses(records, path, title=""):

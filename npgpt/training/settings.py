@@ -1,12 +1,16 @@
 """Training settings: each one declared once, as a field of `TrainSettings`.
 
-A field's declaration carries everything said about the setting anywhere:
+As `npgpt.sampling` declares the sampler's settings, a field's declaration carries everything
+said about the setting anywhere:
 
-    batch_size: int = setting(16, "Windows per micro-batch.", rule=POSITIVE, fixed_on_resume=True)
+    batch_size: int = declare(16, int, lambda n: n > 0, "> 0", help="Windows per micro-batch.",
+                              fixed_on_resume=True)
 
-      default           the value when neither a --config file nor the command line gives one
+      default, kind     the value when nothing else gives one (None: unset, the preset's or
+                        off; a tuple: any number of values), and what each value is
+      allowed, rule     what a valid value is, as a test and in words ("--batch-size must be > 0,
+      (or choices)      got 0"), checked whatever gave the value
       help              the `train --help` line (cli.py adds the default)
-      rule / choices    what a valid value is (checked for every source alike)
       fixed_on_resume   a resumed run must keep it: the model, the data stream, the numbers' type
       torch_only        meaningful to `--backend torch` alone; the numpy backend refuses a value
                         other than the default. They say how this machine computes, not what is
@@ -19,7 +23,7 @@ resume checks and the error messages. Where a value comes from, later wins:
 
     the defaults < the resumed run's settings < a --config file < flags typed on the command line
 
->>> SETTINGS["batch_size"].flag, SETTINGS["batch_size"].default
+>>> BY_NAME["batch_size"].flag, BY_NAME["batch_size"].default
 ('--batch-size', 16)
 >>> resolve_settings({"max_steps": 10}).max_steps
 10
@@ -32,10 +36,9 @@ npgpt.training.settings.TrainError: --batch-size must be > 0, got 0
 import dataclasses
 import json
 import math
-import types
-import typing
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -51,121 +54,18 @@ class TrainError(ValueError):
     """A user error in the settings, the data or the run directory; nothing was written."""
 
 
-class Rule(typing.NamedTuple):
-    """What a valid value of a setting is: `holds(value)`; an error message states `requirement`."""
-
-    holds: Callable[[typing.Any], bool]
-    requirement: str
-
-
-POSITIVE = Rule(lambda value: value > 0, "must be > 0")
-NOT_NEGATIVE = Rule(lambda value: value >= 0, "must be >= 0")
-
-
-def setting(default, help, *, rule=None, choices=None, fixed_on_resume=False, torch_only=False):
-    """A `TrainSettings` field, declared with all that is said about it (see the docstring)."""
-    about = dict(help=help, rule=rule, choices=choices)
-    about |= dict(fixed_on_resume=fixed_on_resume, torch_only=torch_only)
-    return dataclasses.field(default=default, metadata=about)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSettings:
-    """Every training setting: `train`'s flag `--batch-size` is the field `batch_size`."""
-
-    # the model and the stream of batches
-    preset: str = setting(
-        "tiny",
-        "Model size: tiny, small, gpt2, gpt2-medium, ... (npgpt.config).",
-        fixed_on_resume=True,
-    )
-    data: tuple[str, ...] = setting(
-        (), "Text file or glob, repeatable (default: the built-in corpus).", fixed_on_resume=True
-    )
-    context_length: int | None = setting(
-        None, "Tokens per window (default: the preset's).", rule=POSITIVE, fixed_on_resume=True
-    )
-    stride: int | None = setting(
-        None,
-        "Tokens between window starts (default: context length).",
-        rule=POSITIVE,
-        fixed_on_resume=True,
-    )
-    val_fraction: float = setting(
-        0.1,
-        "Share of the tokens held out for validation.",
-        rule=Rule(lambda value: 0 < value < 1, "must be in (0, 1)"),
-        fixed_on_resume=True,
-    )
-    batch_size: int = setting(16, "Windows per micro-batch.", rule=POSITIVE, fixed_on_resume=True)
-    grad_accum: int = setting(
-        1, "Micro-batches per optimizer step.", rule=POSITIVE, fixed_on_resume=True
-    )
-    # the optimization
-    lr: float = setting(2e-3, "Peak learning rate.", rule=POSITIVE)
-    min_lr: float = setting(2e-4, "Learning rate at the end of the cosine decay (<= --lr).")
-    warmup_steps: int = setting(20, "Steps of linear warm-up.", rule=NOT_NEGATIVE)
-    max_steps: int = setting(300, "Optimizer steps.", rule=POSITIVE)
-    epochs: float | None = setting(
-        None, "Passes over the training windows (replaces --max-steps).", rule=POSITIVE
-    )
-    weight_decay: float = setting(
-        0.1, "AdamW's decoupled weight decay (>= 2-D weights only).", rule=NOT_NEGATIVE
-    )
-    clip: float = setting(
-        1.0,
-        "Global gradient-norm clip (0 = off).",
-        rule=Rule(lambda value: value >= 0, "must be >= 0 (0 = no clipping)"),
-    )
-    drop_rate: float | None = setting(
-        None, "Dropout (default: the preset's).", fixed_on_resume=True
-    )
-    # what the run shows and writes
-    eval_every: int = setting(50, "Steps between train/validation loss evaluations.", rule=POSITIVE)
-    eval_batches: int = setting(4, "Fixed batches per evaluation.", rule=POSITIVE)
-    sample_every: int = setting(100, "Steps between samples.", rule=POSITIVE)
-    sample_prompt: str = setting("The", "Prompt of the periodic samples.")
-    sample_tokens: int = setting(40, "Tokens per sample (0 = no samples).", rule=NOT_NEGATIVE)
-    save_every: int = setting(
-        100, "Steps between checkpoints (one is also written at the end).", rule=POSITIVE
-    )
-    out: str | None = setting(None, "Run directory (default: runs/<preset>).")
-    # how it computes
-    seed: int = setting(0, "Seed of initialisation, data order and dropout.", fixed_on_resume=True)
-    dtype: str = setting("float32", "Parameter dtype.", choices=tuple(DTYPES), fixed_on_resume=True)
-    backend: str = setting("numpy", "numpy (npgpt) or torch (torchgpt).", choices=BACKENDS)
-    cache_dir: str | None = setting(None, "Token-id cache directory (default: ~/.cache/npgpt).")
-    # how it computes, with --backend torch
-    device: str = setting("auto", "torch: auto|cpu|cuda|mps.", torch_only=True)
-    amp: str = setting(
-        "off",
-        "torch: autocast matmuls to bf16/fp16 (float32 master weights; fp16 adds loss scaling).",
-        choices=("off", "bf16", "fp16"),
-        torch_only=True,
-    )
-    attn: str = setting(
-        "sdpa",
-        "torch: sdpa (fused kernels) or math (the explicit formula).",
-        choices=("sdpa", "math"),
-        torch_only=True,
-    )
-    compile: bool = setting(False, "torch: torch.compile the model.", torch_only=True)
-
-    def to_dict(self):
-        """JSON-ready: what train_config.json holds and `--config` reads back."""
-        values = dataclasses.asdict(self)
-        return {k: list(v) if SETTINGS[k].repeatable else v for k, v in values.items()}
-
-
-class Setting(typing.NamedTuple):
-    """One field of TrainSettings with its declaration, as cli.py and the checks read it."""
+class Setting(NamedTuple):
+    """One training setting as declared (see the module docstring): `train` makes a flag of it
+    (batch_size -> --batch-size), a --config file may name it, and every value is checked
+    against it."""
 
     name: str
-    annotation: typing.Any  # int, float | None, tuple[str, ...], ...
-    default: typing.Any
+    default: object  # None: unset unless given; a tuple: any number of values (--data)
+    kind: type  # what each value is: int, float, str or bool
+    allowed: Callable | None  # the rule, for a value of the right kind; None: any value
+    rule: str | None  # the rule in words: "--lr must be > 0, got -1.0"
     help: str
-    rule: Rule | None
-    choices: tuple[str, ...] | None
+    choices: tuple[str, ...] | None  # the only values there are (--dtype float32|float64)
     fixed_on_resume: bool
     torch_only: bool
 
@@ -175,47 +75,153 @@ class Setting(typing.NamedTuple):
 
     @property
     def repeatable(self):
-        """Given any number of times (`--data a.txt --data b.txt`): a tuple of str."""
-        return typing.get_origin(self.annotation) is tuple
-
-    @property
-    def optional(self):
-        return isinstance(self.annotation, types.UnionType)
-
-    @property
-    def value_type(self):
-        """The type of one value: int, float, str or bool."""
-        if self.repeatable or self.optional:
-            return next(t for t in typing.get_args(self.annotation) if t is not type(None))
-        return self.annotation
+        return isinstance(self.default, tuple)
 
 
-SETTINGS = {
-    field.name: Setting(field.name, field.type, field.default, **field.metadata)
+def declare(
+    default, kind, allowed=None, rule=None, *, help, choices=None, fixed_on_resume=False,
+    torch_only=False,
+):  # fmt: skip
+    """A field of `TrainSettings`, carrying its `Setting` (named after the field)."""
+    words = dict(kind=kind, allowed=allowed, rule=rule, help=help, choices=choices)
+    words |= dict(fixed_on_resume=fixed_on_resume, torch_only=torch_only)
+    return dataclasses.field(default=default, metadata=words)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """Every training setting: `train`'s flag `--batch-size` is the field `batch_size`."""
+
+    # fmt: off
+    # the model and the stream of batches: a resumed run keeps these
+    preset: str = declare(
+        "tiny", str, help="Model size: tiny, small, gpt2, gpt2-medium, ... (npgpt.config).",
+        fixed_on_resume=True,
+    )
+    data: tuple[str, ...] = declare(
+        (), str, help="Text file or glob, repeatable (default: the built-in corpus).",
+        fixed_on_resume=True,
+    )
+    context_length: int | None = declare(
+        None, int, lambda n: n > 0, "> 0", help="Tokens per window (default: the preset's).",
+        fixed_on_resume=True,
+    )
+    stride: int | None = declare(
+        None, int, lambda n: n > 0, "> 0",
+        help="Tokens between window starts (default: context length).", fixed_on_resume=True,
+    )
+    val_fraction: float = declare(
+        0.1, float, lambda share: 0 < share < 1, "in (0, 1)",
+        help="Share of the tokens held out for validation.", fixed_on_resume=True,
+    )
+    batch_size: int = declare(
+        16, int, lambda n: n > 0, "> 0", help="Windows per micro-batch.", fixed_on_resume=True,
+    )
+    grad_accum: int = declare(
+        1, int, lambda n: n > 0, "> 0", help="Micro-batches per optimizer step.",
+        fixed_on_resume=True,
+    )
+    # the optimization
+    lr: float = declare(2e-3, float, lambda lr: lr > 0, "> 0", help="Peak learning rate.")
+    min_lr: float = declare(  # in [0, --lr]: checked with lr, in check_together
+        2e-4, float, help="Learning rate at the end of the cosine decay (<= --lr).",
+    )
+    warmup_steps: int = declare(20, int, lambda n: n >= 0, ">= 0", help="Steps of linear warm-up.")
+    max_steps: int = declare(300, int, lambda n: n > 0, "> 0", help="Optimizer steps.")
+    epochs: float | None = declare(
+        None, float, lambda n: n > 0, "> 0",
+        help="Passes over the training windows (replaces --max-steps).",
+    )
+    weight_decay: float = declare(
+        0.1, float, lambda wd: wd >= 0, ">= 0",
+        help="AdamW's decoupled weight decay (>= 2-D weights only).",
+    )
+    clip: float = declare(
+        1.0, float, lambda c: c >= 0, ">= 0 (0 = no clipping)",
+        help="Global gradient-norm clip (0 = off).",
+    )
+    drop_rate: float | None = declare(  # in [0, 1): checked by GPTConfig, in check_together
+        None, float, help="Dropout (default: the preset's).", fixed_on_resume=True,
+    )
+    # what the run shows and writes
+    eval_every: int = declare(
+        50, int, lambda n: n > 0, "> 0", help="Steps between train/validation loss evaluations.",
+    )
+    eval_batches: int = declare(
+        4, int, lambda n: n > 0, "> 0", help="Fixed batches per evaluation.",
+    )
+    sample_every: int = declare(100, int, lambda n: n > 0, "> 0", help="Steps between samples.")
+    sample_prompt: str = declare("The", str, help="Prompt of the periodic samples.")
+    sample_tokens: int = declare(
+        40, int, lambda n: n >= 0, ">= 0", help="Tokens per sample (0 = no samples).",
+    )
+    save_every: int = declare(
+        100, int, lambda n: n > 0, "> 0",
+        help="Steps between checkpoints (one is also written at the end).",
+    )
+    out: str | None = declare(None, str, help="Run directory (default: runs/<preset>).")
+    # how it computes
+    seed: int = declare(
+        0, int, help="Seed of initialisation, data order and dropout.", fixed_on_resume=True,
+    )
+    dtype: str = declare(
+        "float32", str, help="Parameter dtype.", choices=tuple(DTYPES), fixed_on_resume=True,
+    )
+    backend: str = declare(
+        "numpy", str, help="numpy (npgpt) or torch (torchgpt).", choices=BACKENDS,
+    )
+    cache_dir: str | None = declare(
+        None, str, help="Token-id cache directory (default: ~/.cache/npgpt).",
+    )
+    # how it computes, with --backend torch
+    device: str = declare("auto", str, help="torch: auto|cpu|cuda|mps.", torch_only=True)
+    amp: str = declare(
+        "off", str,
+        help="torch: autocast matmuls to bf16/fp16 (float32 master weights; fp16 adds loss "
+        "scaling).",
+        choices=("off", "bf16", "fp16"), torch_only=True,
+    )
+    attn: str = declare(
+        "sdpa", str, help="torch: sdpa (fused kernels) or math (the explicit formula).",
+        choices=("sdpa", "math"), torch_only=True,
+    )
+    compile: bool = declare(False, bool, help="torch: torch.compile the model.", torch_only=True)
+    # fmt: on
+
+    def to_dict(self):
+        """JSON-ready: what train_config.json holds and `--config` reads back."""
+        values = dataclasses.asdict(self)
+        return {k: list(v) if BY_NAME[k].repeatable else v for k, v in values.items()}
+
+
+SETTINGS = tuple(
+    Setting(field.name, field.default, **field.metadata)
     for field in dataclasses.fields(TrainSettings)
-}
+)
+BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 
 def coerce(name, value, source):
-    """One setting's value from a file or the command line, checked against its type; an int
+    """One setting's value from a file or the command line, checked against its kind; an int
     is accepted for a float, a single str for a repeatable setting."""
-    setting = SETTINGS[name]
-    if value is None and setting.optional:
+    setting = BY_NAME[name]
+    if value is None and setting.default is None:
         return None
     if setting.repeatable:
         value = [value] if isinstance(value, str) else value
         if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
             return tuple(value)
     elif isinstance(value, bool):
-        if setting.value_type is bool:  # a bool is an int to Python, valid only for a bool setting
+        if setting.kind is bool:  # a bool is an int to Python, valid only for a bool setting
             return value
-    elif setting.value_type is int and isinstance(value, int):
+    elif setting.kind is int and isinstance(value, int):
         return value
-    elif setting.value_type is float and isinstance(value, int | float):
+    elif setting.kind is float and isinstance(value, int | float):
         return float(value)
-    elif setting.value_type is str and isinstance(value, str):
+    elif setting.kind is str and isinstance(value, str):
         return value
-    kind = setting.annotation if setting.optional else setting.annotation.__name__
+    kind = "list of str" if setting.repeatable else setting.kind.__name__
+    kind += " or null" if setting.default is None else ""
     raise TrainError(f"{source}: {name} = {value!r} should be of type {kind}")
 
 
@@ -248,7 +254,7 @@ def read_config_file(path):
 
 def inherited(resumed):
     """What a resumed run takes from the run it continues: all but the torch-only settings."""
-    return {k: v for k, v in resumed.items() if not (k in SETTINGS and SETTINGS[k].torch_only)}
+    return {k: v for k, v in resumed.items() if not (k in BY_NAME and BY_NAME[k].torch_only)}
 
 
 def resolve_settings(cli=None, config_file=None, resumed=None):
@@ -262,10 +268,10 @@ def resolve_settings(cli=None, config_file=None, resumed=None):
         sources.append((f"--config {config_file}", read_config_file(config_file)))
     sources.append(("command line", cli or {}))
     for source, values in sources:
-        unknown = sorted(set(values) - set(SETTINGS))
+        unknown = sorted(set(values) - set(BY_NAME))
         if unknown:
             raise TrainError(
-                f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}"
+                f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}"
             )
         for name, value in values.items():
             merged[name] = coerce(name, value, source)
@@ -281,7 +287,7 @@ def resolve_settings(cli=None, config_file=None, resumed=None):
 
 def check_kept(name, value, resumed, source):
     """Refuse a change, by `source`, of a setting the resumed run must keep."""
-    if not SETTINGS[name].fixed_on_resume:
+    if not BY_NAME[name].fixed_on_resume:
         return
     if value != coerce(name, resumed.get(name), "resumed checkpoint"):
         raise TrainError(
@@ -293,15 +299,15 @@ def check_kept(name, value, resumed, source):
 def check_settings(settings):
     """Raise TrainError for the first value its declaration rules out, then for values that do
     not fit together."""
-    for setting in SETTINGS.values():
+    for setting in SETTINGS:
         value = getattr(settings, setting.name)
         if value is None:
             continue
         if setting.choices and value not in setting.choices:
             choices = ", ".join(setting.choices)
             raise TrainError(f"{setting.flag} must be one of {choices}, got {value!r}")
-        if setting.rule and not setting.rule.holds(value):
-            raise TrainError(f"{setting.flag} {setting.rule.requirement}, got {value}")
+        if setting.allowed and not setting.allowed(value):
+            raise TrainError(f"{setting.flag} must be {setting.rule}, got {value!r}")
     check_together(settings)
 
 
@@ -311,7 +317,7 @@ def check_together(s):
     if s.amp != "off" and s.dtype != "float32":
         raise TrainError(f"--amp {s.amp} keeps float32 master weights: use --dtype float32")
     if s.backend != "torch":
-        torch_only = [x for x in SETTINGS.values() if x.torch_only]
+        torch_only = [x for x in SETTINGS if x.torch_only]
         given = [x.flag for x in torch_only if getattr(s, x.name) != x.default]
         if given:
             raise TrainError(f"{', '.join(given)}: only for --backend torch (add --backend torch)")

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from npgpt.weights.checkpoint import fsync_dir
+from npgpt.weights.atomic import fsync_dir
 
 
 def old_path(target):

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from npgpt.weights.checkpoint import atomic_write_text
+from npgpt.weights.atomic import atomic_write_text
 
 MODELS = {"gpt2": "124M", "gpt2-medium": "355M", "gpt2-large": "774M", "gpt2-xl": "1558M"}
 SOURCES = {

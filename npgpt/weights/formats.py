@@ -1,4 +1,5 @@
-"""The ways GPT-2 weights arrive on disk, and how `npgpt.load` tells them apart.
+"""The ways GPT-2 weights arrive on disk: which format a path holds, and the readers of the
+Hugging Face files (which npgpt's own checkpoints are).
 
     format        what is on disk                                   read with
     safetensors   a directory with model.safetensors (npgpt's own   safetensors (memory-mapped)
@@ -9,43 +10,44 @@
     openai-tf     a directory with hparams.json + model.ckpt.index  npgpt.weights.openai
                   (OpenAI's own release, what the book downloads)
 
-The config comes from `config.json` beside the weights (Hugging Face's form), or `hparams.json`
-for OpenAI's checkpoints. A safetensors or .bin file with no config.json is accepted when its
-shapes are exactly those of one of the four GPT-2 sizes. Every loader ends in
-`checkpoint.check_params`, which lists every missing, unexpected and mis-shaped tensor.
+A training run directory (what `train --out` makes) stands for the `checkpoint/` inside it.
+
+The config of the first two is Hugging Face's `config.json` beside the weights: `write_config`
+is the one writer of that file, `read_config` its reader (which also takes npgpt's own dict
+form, `GPTConfig.to_dict`). Hugging Face's tensor names are npgpt's, give or take a
+`transformer.` prefix, two causal-mask buffers and the tied `lm_head.weight`.
 
 >>> import tempfile
->>> from npgpt.weights.checkpoint import save
+>>> from pathlib import Path
 >>> from npgpt.config import GPTConfig
->>> from npgpt.model import init_params
->>> cfg = GPTConfig.preset("tiny")
->>> run = tempfile.mkdtemp()
->>> save(run, cfg, init_params(cfg))
->>> detect_format(run)[0]
-'safetensors'
->>> load(run)[0] == cfg
+>>> path = Path(tempfile.mkdtemp()) / CONFIG_FILE
+>>> write_config(path, GPTConfig.preset("tiny"))
+>>> read_config(path) == GPTConfig.preset("tiny")
 True
+>>> detect_format(path.parent)
+Traceback (most recent call last):
+...
+npgpt.weights.check.CheckpointError: ...: neither a GPT-2 checkpoint directory ...
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
 
-from npgpt.config import PRESETS, ConfigError, GPTConfig
-from npgpt.names import param_shapes
-from npgpt.weights import openai as openai_checkpoint
-from npgpt.weights.checkpoint import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    CheckpointError,
-    check_params,
-    hf_tensors_to_params,
-    read_safetensors,
-)
+from npgpt.config import ConfigError, GPTConfig
+from npgpt.weights.atomic import atomic_write_text
+from npgpt.weights.check import CheckpointError
+from npgpt.weights.openai import HPARAMS_FILE
 
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
 PYTORCH_FILE = "pytorch_model.bin"
 RUN_CHECKPOINT_DIR = "checkpoint"  # a training run directory keeps its checkpoint here
-GPT2_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+HF_PREFIX = "transformer."
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # HF's causal-mask buffers, not weights
 TORCH_INSTALL_HINT = 'pip install -e ".[torch]"'
 
 
@@ -66,7 +68,7 @@ def detect_format(path):
     directory holding a checkpoint."""
     path = checkpoint_path(path)
     if path.is_dir():
-        if (path / openai_checkpoint.HPARAMS_FILE).exists():  # only OpenAI's release has one
+        if (path / HPARAMS_FILE).exists():  # only OpenAI's release has one
             return "openai-tf", path
         if (path / WEIGHTS_FILE).exists():
             return "safetensors", path / WEIGHTS_FILE
@@ -81,34 +83,65 @@ def detect_format(path):
         return "safetensors", path
     if path.suffix == ".bin":
         return "pytorch", path
-    if path.name.endswith(".index") and (path.parent / openai_checkpoint.HPARAMS_FILE).exists():
+    if path.name.endswith(".index") and (path.parent / HPARAMS_FILE).exists():
         return "openai-tf", path.parent
     raise CheckpointError(
         f"{path}: unknown weights file; expected a .safetensors or .bin file, or a directory"
     )
 
 
-def config_for(weights, params):
-    """config.json beside the weights; else the GPT-2 size whose shapes these are exactly."""
-    config_path = weights.parent / CONFIG_FILE
-    if config_path.exists():
-        try:
-            return GPTConfig.load_json(config_path)
-        except ConfigError as err:
-            raise CheckpointError(str(err)) from None
-    shapes = {name: tuple(value.shape) for name, value in params.items()}
-    for name in GPT2_SIZES:
-        if param_shapes(PRESETS[name]) == shapes:
-            return PRESETS[name]
-    raise CheckpointError(
-        f"{weights}: no {CONFIG_FILE} beside it, and its shapes are not those of any GPT-2 size; "
-        f"put the model's {CONFIG_FILE} in {weights.parent}"
-    )
+def write_config(path, config):
+    """`config.json` in Hugging Face's form, which `transformers` reads as it is."""
+    atomic_write_text(path, json.dumps(config.to_hf(), indent=2) + "\n")
+
+
+def read_config(path):
+    """A `config.json` in Hugging Face's form (what `write_config` writes) or npgpt's own."""
+    path = Path(path)
+    try:
+        fields = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such config file") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror})") from None
+    if not isinstance(fields, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(fields).__name__}, not an object")
+    try:
+        return GPTConfig.from_hf(fields) if "n_embd" in fields else GPTConfig.from_dict(fields)
+    except (ConfigError, TypeError) as err:
+        raise CheckpointError(f"{path}: {err}") from None
+
+
+def read_safetensors(path):
+    """{name: array} of a safetensors file; a damaged file or a dtype NumPy lacks is refused."""
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({err}); it may be truncated or corrupt"
+        ) from None
+    except TypeError as err:  # numpy has no bfloat16, for one
+        raise CheckpointError(
+            f"{path}: holds a tensor whose dtype NumPy cannot represent ({err}); "
+            f"re-save the weights as float32 or float16"
+        ) from None
+    # once TensorFlow or JAX has imported ml_dtypes, safetensors hands out bfloat16 arrays
+    # instead of failing; refuse them the same way, so the outcome never depends on imports
+    odd = [f"{name}: {value.dtype}" for name, value in tensors.items() if value.dtype.kind == "V"]
+    if odd:
+        raise CheckpointError(
+            f"{path}: holds a tensor whose dtype NumPy cannot represent ({'; '.join(odd)}); "
+            f"re-save the weights as float32 or float16"
+        )
+    return tensors
 
 
 def read_pytorch_bin(path):
+    """{name: array} of a `torch.save`d dict of tensors, unpickled with weights_only=True."""
     try:
-        import torch
+        import torch  # only for .bin files: PyTorch is an optional dependency
     except ImportError:
         raise CheckpointError(
             f"{path}: reading a .bin checkpoint needs PyTorch ({TORCH_INSTALL_HINT}); or convert "
@@ -117,10 +150,10 @@ def read_pytorch_bin(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch reports bad files as RuntimeError, EOFError, pickle errors...
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
         raise CheckpointError(
-            f"{path}: not a readable PyTorch weights file ({type(err).__name__}: "
-            f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no detail'}); it may be "
-            f"truncated or corrupt, or hold more than tensors"
+            f"{path}: not a readable PyTorch weights file ({type(err).__name__}: {detail}); it "
+            f"may be truncated or corrupt, or hold more than tensors"
         ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a dict of tensors")
@@ -131,18 +164,22 @@ def read_pytorch_bin(path):
     }
 
 
-def load(path, dtype=np.float32, *, tf_reader="auto"):
-    """Read GPT-2 weights in any supported format. Returns (config, params), params under
-    npgpt's names, cast to `dtype` (None keeps the stored dtype). `tf_reader` picks the reader
-    for OpenAI checkpoints: "tensorflow", "numpy", or "auto" (TensorFlow when installed)."""
-    kind, weights = detect_format(path)
-    if kind == "openai-tf":
-        return openai_checkpoint.load_openai(weights, dtype=dtype, reader=tf_reader)
-    raw = read_safetensors(weights) if kind == "safetensors" else read_pytorch_bin(weights)
-    params = hf_tensors_to_params(raw, source=str(weights))
-    config = config_for(weights, params)
-    check_params(params, config, source=str(weights))
-    names = param_shapes(config)
-    if dtype is None:
-        return config, {name: params[name] for name in names}
-    return config, {name: params[name].astype(dtype, copy=False) for name in names}
+def hf_tensors_to_params(tensors, source):
+    """HF GPT-2 keys -> npgpt names: drop the `transformer.` prefix and the mask buffers, and
+    accept `lm_head.weight` only when it is the tied `wte`."""
+    params = {}
+    for key, value in tensors.items():
+        name = key.removeprefix(HF_PREFIX)
+        if name.endswith(IGNORED_SUFFIXES) or name == "lm_head.weight":
+            continue
+        params[name] = value
+    lm_head = tensors.get("lm_head.weight")
+    if (
+        lm_head is not None
+        and "wte.weight" in params
+        and not np.array_equal(lm_head, params["wte.weight"])
+    ):
+        raise CheckpointError(
+            f"{source}: lm_head.weight differs from wte.weight; npgpt's head is tied to wte"
+        )
+    return params

@@ -36,7 +36,8 @@ import numpy as np
 from npgpt.config import ConfigError, GPTConfig
 from npgpt.names import param_shapes
 from npgpt.weights import tf_bundle
-from npgpt.weights.checkpoint import CheckpointError, atomic_write_text, check_params
+from npgpt.weights.atomic import atomic_write_text
+from npgpt.weights.check import CheckpointError, check_params
 
 HPARAMS_FILE = "hparams.json"
 CHECKPOINT_FILE = "checkpoint"
@@ -161,20 +162,15 @@ def openai_tensors_to_params(tensors, config):
     return params
 
 
-def load_openai(directory, dtype=np.float32, reader="auto"):
-    """Read an OpenAI GPT-2 checkpoint directory. Returns (config, params); `dtype=None` keeps
-    the stored dtype."""
+def read_openai(directory, reader="auto"):
+    """(config, params under npgpt's names, the checkpoint prefix) of an OpenAI GPT-2 checkpoint
+    directory, in the stored dtype. Unchecked: `npgpt.load` checks every format the same way."""
     directory = Path(directory)
     config = config_from_hparams(directory / HPARAMS_FILE)
     prefix = checkpoint_prefix(directory)
     if not Path(f"{prefix}.index").exists():
         raise CheckpointError(f"{prefix}.index: missing; the checkpoint's index file is needed")
-    params = openai_tensors_to_params(read_tensors(prefix, reader), config)
-    check_params(params, config, source=str(prefix))
-    names = param_shapes(config)
-    if dtype is None:
-        return config, {name: params[name] for name in names}
-    return config, {name: params[name].astype(dtype, copy=False) for name in names}
+    return config, openai_tensors_to_params(read_tensors(prefix, reader), config), prefix
 
 
 def save_openai(directory, config, params, writer="numpy"):

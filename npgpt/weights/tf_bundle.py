@@ -61,7 +61,8 @@ from pathlib import Path
 
 import numpy as np
 
-from npgpt.weights.checkpoint import CheckpointError, atomic_write
+from npgpt.weights.atomic import atomic_write
+from npgpt.weights.check import CheckpointError
 from npgpt.weights.crc32c import crc32c, mask, unmask
 
 TABLE_MAGIC = 0xDB4775248B80FB57

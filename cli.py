@@ -20,11 +20,9 @@ import numpy as np
 from frontend import Generation, UserError, encode_prompt, load_checkpoint, load_model
 from npgpt.names import num_params
 from npgpt.sampling import SETTINGS, SamplingSettings
+from npgpt.training.settings import BACKENDS, DTYPES
 from npgpt.weights.checkpoint import save
 from npgpt.weights.formats import CONFIG_FILE, WEIGHTS_FILE, checkpoint_path
-
-BACKENDS = ("numpy", "torch")
-DTYPES = ("float32", "float64")  # what a model is loaded as, by either backend
 
 
 def fail(message):
@@ -66,7 +64,9 @@ def model_options(command):
         click.option(
             "--device", default="auto", show_default=True, help="torch: auto|cpu|cuda|mps."
         ),
-        click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True),
+        click.option(
+            "--dtype", type=click.Choice(tuple(DTYPES)), default="float32", show_default=True
+        ),
     )
     for option in reversed(options):
         command = option(command)
@@ -127,66 +127,40 @@ def generate(checkpoint, backend, device, dtype, prompt, no_kv_cache, stream, **
 # ---- train, eval ---------------------------------------------------------------------------
 
 
-TRAIN_FLAGS = (  # (flag, click type, help); defaults are TrainSettings'
-    ("--preset", str, "Model size: tiny, small, gpt2, gpt2-medium, ... (npgpt.config)."),
-    ("--data", str, "Text file or glob, repeatable (default: the built-in corpus)."),
-    ("--context-length", int, "Tokens per window (default: the preset's)."),
-    ("--stride", int, "Tokens between window starts (default: context length)."),
-    ("--val-fraction", float, "Share of the tokens held out for validation."),
-    ("--batch-size", int, "Windows per micro-batch."),
-    ("--grad-accum", int, "Micro-batches per optimizer step."),
-    ("--lr", float, "Peak learning rate."),
-    ("--min-lr", float, "Learning rate at the end of the cosine decay."),
-    ("--warmup-steps", int, "Steps of linear warm-up."),
-    ("--max-steps", int, "Optimizer steps."),
-    ("--epochs", float, "Passes over the training windows (replaces --max-steps)."),
-    ("--weight-decay", float, "AdamW's decoupled weight decay (>= 2-D weights only)."),
-    ("--clip", float, "Global gradient-norm clip (0 = off)."),
-    ("--drop-rate", float, "Dropout (default: the preset's)."),
-    ("--eval-every", int, "Steps between train/validation loss evaluations."),
-    ("--eval-batches", int, "Fixed batches per evaluation."),
-    ("--sample-every", int, "Steps between samples."),
-    ("--sample-prompt", str, "Prompt of the periodic samples."),
-    ("--sample-tokens", int, "Tokens per sample (0 = no samples)."),
-    ("--save-every", int, "Steps between checkpoints (one is also written at the end)."),
-    ("--out", str, "Run directory (default: runs/<preset>)."),
-    ("--seed", int, "Seed of initialisation, data order and dropout."),
-    ("--dtype", click.Choice(["float32", "float64"]), "Parameter dtype."),
-    ("--backend", click.Choice(BACKENDS), "numpy (npgpt) or torch (torchgpt)."),
-    ("--cache-dir", str, "Token-id cache directory (default: ~/.cache/npgpt)."),
-)  # fmt: skip
+def train_option(setting):
+    """The click option of one training setting (npgpt.training.settings declares them all).
+    Its default is None, so that `train` knows which flags were typed; the setting's own
+    default applies unless the resumed run or a --config file says otherwise."""
+    shown = f" [default: {setting.default}]" if setting.default not in (None, ()) else ""
+    if setting.kind is bool:
+        return click.option(setting.flag, is_flag=True, default=None, help=setting.help)
+    return click.option(
+        setting.flag,
+        type=click.Choice(setting.choices) if setting.choices else setting.kind,
+        default=None,
+        multiple=setting.repeatable,
+        help=setting.help + shown,
+    )
 
 
 def train_options(command):
-    from npgpt.training.loop import TrainSettings
+    from npgpt.training import settings
 
-    defaults = TrainSettings()
-    for flag, kind, text in reversed(TRAIN_FLAGS):
-        default = getattr(defaults, flag[2:].replace("-", "_"))
-        shown = f" [default: {default}]" if default not in (None, ()) else ""
-        multiple = flag == "--data"
-        command = click.option(flag, type=kind, default=None, multiple=multiple, help=text + shown)(
-            command
-        )
+    for setting in reversed(settings.SETTINGS):
+        command = train_option(setting)(command)
     return command
 
 
-def training_backend(name, torch_options):
-    """The backend factory of `npgpt.training.loop`'s interface for --backend NAME."""
+def training_backend(name):
+    """The class that makes the backend for --backend NAME (npgpt.training.backend)."""
     if name == "numpy":
-        from npgpt.training.loop import numpy_backend
+        from npgpt.training.backend import NumpyBackend
 
-        given = [f"--{k}" for k, v in torch_options.items() if v != TORCH_DEFAULTS[k]]
-        if given:
-            fail(f"{', '.join(given)}: only for --backend torch (add --backend torch)")
-        return numpy_backend
+        return NumpyBackend
     require_torch()
-    from torchgpt.training import backend_factory
+    from torchgpt.training import TorchBackend
 
-    return backend_factory(**torch_options)
-
-
-TORCH_DEFAULTS = {"device": "auto", "amp": "off", "attn": "sdpa", "compile": False}
+    return TorchBackend
 
 
 @main.command()
@@ -194,30 +168,19 @@ TORCH_DEFAULTS = {"device": "auto", "amp": "off", "attn": "sdpa", "compile": Fal
 @click.option("--config", "config_file", default=None, help="TOML or JSON file of these flags.")
 @click.option("--resume", default=None, help="Continue the run in this directory.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="torch: auto|cpu|cuda|mps.")
-@click.option(
-    "--amp",
-    type=click.Choice(["off", "bf16", "fp16"]),
-    default="off",
-    show_default=True,
-    help="torch: autocast matmuls to bf16/fp16 (float32 master weights; fp16 adds loss scaling).",
-)
-@click.option("--attn", type=click.Choice(["sdpa", "math"]), default="sdpa", show_default=True)
-@click.option("--compile", "compile_", is_flag=True, help="torch: torch.compile the model.")
-def train(config_file, resume, progress, device, amp, attn, compile_, **flags):
+def train(config_file, resume, progress, **flags):
     """Train a GPT (from scratch or --resume) on text files or the built-in corpus.
 
     Several GPUs: torchrun --nproc_per_node N cli.py train --backend torch ..."""
-    from npgpt.training.loop import TrainError, resolve_settings, resumed_settings
     from npgpt.training.loop import train as run_training
+    from npgpt.training.run_directory import resumed_settings
+    from npgpt.training.settings import TrainError, resolve_settings
 
     given = {key: value for key, value in flags.items() if value not in (None, ())}
     try:
         resumed = None if resume is None else resumed_settings(resume)
         settings = resolve_settings(given, config_file, resumed)
-        torch_options = {"device": device, "amp": amp, "attn": attn, "compile": compile_}
-        make_backend = training_backend(settings.backend, torch_options)
-        run_training(settings, make_backend, resume, progress)
+        run_training(settings, training_backend(settings.backend), resume, progress)
     except TrainError as err:
         fail(str(err))
 
@@ -225,18 +188,19 @@ def train(config_file, resume, progress, device, amp, attn, compile_, **flags):
 def eval_windows(data, T, stride, val_fraction, cache_dir):
     """(windows, what they are) to evaluate on: the text files given, whole, or the built-in
     corpus' validation split, as training holds it out."""
-    from npgpt.training import data as npdata
+    from npgpt.training import corpus
+    from npgpt.training.windows import Windows, split
 
     try:
-        docs, source = npdata.load_documents(data)
-        ids = npdata.token_ids(docs, cache_dir)
+        docs, source = corpus.load_documents(data)
+        ids = corpus.token_ids(docs, cache_dir)
         if not data:
-            _, validation = npdata.split(ids, T, stride, val_fraction, source)
+            _, validation = split(ids, T, stride, val_fraction, source)
             return validation, f"{source} validation split"
         if len(ids) < T + 1:
-            npdata.split(ids, T, stride, 0.5, source)  # raises the too-short error
-        return npdata.Windows(ids, T, stride), source
-    except npdata.DataError as err:
+            split(ids, T, stride, 0.5, source)  # raises the too-short error
+        return Windows(ids, T, stride), source
+    except corpus.DataError as err:
         fail(str(err))
 
 

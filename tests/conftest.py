@@ -2,7 +2,7 @@
 
 import pytest
 
-from npgpt.training.data import builtin_documents
+from npgpt.training.corpus import builtin_documents
 
 
 @pytest.fixture(scope="module")

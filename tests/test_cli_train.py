@@ -14,7 +14,7 @@ from npgpt.generate import generate
 from npgpt.model import init_params
 from npgpt.sampling import SamplingSettings
 from npgpt.tokenizer import get_tokenizer
-from npgpt.training.data import builtin_documents
+from npgpt.training.corpus import builtin_documents
 from npgpt.weights import checkpoint
 
 SMALL = GPTConfig(context_length=16, emb_dim=16, n_heads=2, n_layers=1)
@@ -66,6 +66,26 @@ def trained(files):
     result = invoke(*tiny_run_args(files, out))
     assert result.exit_code == 0, result.output
     return out, result
+
+
+def test_every_training_setting_is_a_train_flag():
+    """The flags are made from the settings' declaration: every one is there, with its help and
+    default (shown, not applied: a flag not typed must not override a resumed run's value)."""
+    from npgpt.training.settings import BY_NAME, SETTINGS
+
+    options = {p.opts[0]: p for p in cli.train.params if p.opts[0].startswith("--")}
+    assert set(BY_NAME) == {p.name for p in cli.train.params} - {
+        "config_file",
+        "resume",
+        "progress",
+    }
+    for setting in SETTINGS:
+        option = options[setting.flag]
+        assert option.default is None and option.help.startswith(setting.help)
+        assert option.multiple == setting.repeatable and option.is_flag == (setting.kind is bool)
+    assert "[default: 16]" in options["--batch-size"].help
+    assert "[default: 0]" in options["--seed"].help
+    assert list(options["--dtype"].type.choices) == ["float32", "float64"]
 
 
 def test_train_writes_a_checkpoint_metrics_and_samples(trained):
@@ -159,11 +179,12 @@ def test_eval_reports_loss_and_perplexity(files):
     assert abs(loss - math.log(SMALL.vocab_size)) < 0.5
     # the same number by hand, over the first 2 batches of 4 windows
     from npgpt.model import forward
-    from npgpt.training import data
+    from npgpt.training.corpus import token_ids
+    from npgpt.training.windows import Windows
 
     config, params = checkpoint.load(ckpt)
-    ids = data.token_ids([(files / "corpus.txt").read_text()], files / "cache")
-    windows = data.Windows(ids, 16, 16)
+    ids = token_ids([(files / "corpus.txt").read_text()], files / "cache")
+    windows = Windows(ids, 16, 16)
     x, y = windows.batch(range(8))
     assert loss == pytest.approx(float(forward(params, config, x, y)[1]), abs=1e-4)
     assert "8 windows of 16 tokens" in result.stderr

@@ -9,6 +9,7 @@ learning rate, decay group, clipping or moment is >= 1e-4). Kill-and-resume is c
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,16 @@ from click.testing import CliRunner
 from trainrun import checkpoint_files, deterministic, kill_inside_step
 
 import cli
+from npgpt import optim
+from npgpt.model import init_params
 from npgpt.training import metrics
-from npgpt.training.loop import numpy_backend, resolve_settings, train
-from torchgpt.training import backend_factory
+from npgpt.training.backend import Backend, BackendState, NumpyBackend
+from npgpt.training.loop import train
+from npgpt.training.run_directory import resumed_settings
+from npgpt.training.settings import BY_NAME, model_config, resolve_settings
+from torchgpt.distributed import shard
+from torchgpt.model import ATTN_CHOICES
+from torchgpt.training import AMP_DTYPES, TorchBackend
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -35,7 +43,7 @@ def tiny_settings(corpus, out, **changes):
         preset="tiny", data=[str(corpus)], context_length=16, batch_size=4, grad_accum=2,
         max_steps=4, warmup_steps=2, lr=3e-3, min_lr=3e-3, clip=0.05, drop_rate=0.0, eval_every=2,
         eval_batches=1, sample_every=4, sample_tokens=3, save_every=2, dtype="float64",
-        out=str(out), cache_dir=str(Path(corpus).parent / "cache"), backend="torch",
+        out=str(out), cache_dir=str(Path(corpus).parent / "cache"), backend="torch", device="cpu",
     )  # fmt: skip
     return resolve_settings(values | changes)
 
@@ -44,9 +52,9 @@ def tiny_settings(corpus, out, **changes):
 def runs(corpus, tmp_path_factory):
     """The same 4 steps (no dropout, clipping active) by each backend, in this process."""
     root = tmp_path_factory.mktemp("runs")
-    train(tiny_settings(corpus, root / "torch"), backend_factory(device="cpu"), progress=False)
-    numpy_settings = tiny_settings(corpus, root / "numpy", backend="numpy")
-    train(numpy_settings, numpy_backend, progress=False)
+    train(tiny_settings(corpus, root / "torch"), TorchBackend, progress=False)
+    numpy_settings = tiny_settings(corpus, root / "numpy", backend="numpy", device="auto")
+    train(numpy_settings, NumpyBackend, progress=False)
     return root
 
 
@@ -93,17 +101,36 @@ def test_a_checkpoint_trained_by_one_backend_generates_in_the_other(runs, traine
     assert outputs["numpy"].startswith("The") and len(outputs["numpy"]) > len("The\n")
 
 
+@pytest.mark.parametrize("trained_by", ["torch", "numpy"])
+def test_a_run_trained_by_one_backend_resumes_in_the_other(runs, trained_by, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs / trained_by, run)
+    other = "numpy" if trained_by == "torch" else "torch"
+    given = {"backend": other, "max_steps": 5} | ({"device": "cpu"} if other == "torch" else {})
+    resumed = resolve_settings(given, resumed=resumed_settings(run))
+    train(resumed, NumpyBackend if other == "numpy" else TorchBackend, resume=run, progress=False)
+    _, _, state = checkpoint_files(run)
+    assert state["step"] == 5 and state["backend"] == other
+    logged = metrics.read(run / "metrics.jsonl")
+    assert [r["step"] for r in logged] == list(range(6))
+    assert deterministic(logged[:5]) == deterministic(
+        metrics.read(runs / trained_by / "metrics.jsonl")
+    )
+    assert 0 < logged[5]["loss"] < logged[0]["train_loss"]
+
+
 def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
     changes = dict(max_steps=6, grad_accum=1, batch_size=2, drop_rate=0.1, eval_every=3)
     straight = tiny_settings(corpus, tmp_path / "straight", **changes)
-    train(straight, backend_factory(device="cpu"), progress=False)
+    train(straight, TorchBackend, progress=False)
 
     killed = tiny_settings(corpus, tmp_path / "killed", **changes)
-    kill_inside_step(killed, 5, backend="torch", env=ONE_THREAD)  # after step 4's checkpoint
+    kill_inside_step(killed, 5, env=ONE_THREAD)  # after step 4's checkpoint
     assert json.loads((tmp_path / "killed/checkpoint/trainer_state.json").read_text())["step"] == 4
 
-    resumed = resolve_settings({}, resumed=killed.to_dict())
-    train(resumed, backend_factory(device="cpu"), resume=tmp_path / "killed", progress=False)
+    # torch-only settings are not carried over by a resume: the device is given again
+    resumed = resolve_settings({"device": "cpu"}, resumed=killed.to_dict())
+    train(resumed, TorchBackend, resume=tmp_path / "killed", progress=False)
 
     params_a, moments_a, state_a = checkpoint_files(tmp_path / "straight")
     params_b, moments_b, state_b = checkpoint_files(tmp_path / "killed")
@@ -156,3 +183,25 @@ def test_torch_only_flags_are_refused_for_the_numpy_backend():
     result = CliRunner().invoke(cli.main, ["train", "--preset", "tiny", "--compile"])
     assert result.exit_code == 1
     assert "--compile: only for --backend torch" in result.output
+
+
+def test_shard_splits_a_global_batch_between_ranks():
+    batch = list(range(8))
+    assert [shard(batch, r, 4) for r in range(4)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    with pytest.raises(ValueError, match="does not split over 3 ranks"):
+        shard(batch, 0, 3)
+
+
+def test_torch_backend_is_a_backend(corpus, tmp_path):
+    settings = tiny_settings(corpus, tmp_path / "unused")
+    config = model_config(settings)
+    params = init_params(config, dtype=np.float64)
+    state = BackendState(params, optim.init_state(params), None)
+    backend = TorchBackend(config, settings, state, 0)
+    assert isinstance(backend, Backend) and backend.is_main
+    assert backend.description == "torch float64 on cpu, amp off, attn sdpa"
+
+
+def test_the_torch_choices_are_the_ones_torchgpt_implements():
+    assert BY_NAME["amp"].choices == tuple(AMP_DTYPES)
+    assert sorted(BY_NAME["attn"].choices) == sorted(ATTN_CHOICES)

@@ -7,14 +7,16 @@ import numpy as np
 import pytest
 from trainrun import checkpoint_files, deterministic, kill_inside_step
 
+from npgpt import model, optim
 from npgpt.training import metrics, snapshot
-from npgpt.training.loop import (
+from npgpt.training.backend import Backend, BackendState, NumpyBackend
+from npgpt.training.loop import train
+from npgpt.training.settings import (
     TrainError,
     TrainSettings,
-    numpy_backend,
+    model_config,
     resolve_settings,
     total_steps,
-    train,
 )
 
 
@@ -30,7 +32,7 @@ def tiny_settings(corpus, out, **changes):
 
 def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
     straight = tiny_settings(corpus, tmp_path / "straight")
-    train(straight, numpy_backend, progress=False)
+    train(straight, NumpyBackend, progress=False)
 
     killed = tiny_settings(corpus, tmp_path / "killed")
     kill_inside_step(killed, 3)  # mid-way: after the checkpoint of step 2
@@ -39,7 +41,7 @@ def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
     assert [r["step"] for r in metrics.read(tmp_path / "killed/metrics.jsonl")][-1] == 2
 
     resumed = resolve_settings({}, resumed=state["settings"])
-    train(resumed, numpy_backend, resume=tmp_path / "killed", progress=False)
+    train(resumed, NumpyBackend, resume=tmp_path / "killed", progress=False)
 
     params_a, moments_a, state_a = checkpoint_files(tmp_path / "straight")
     params_b, moments_b, state_b = checkpoint_files(tmp_path / "killed")
@@ -98,6 +100,22 @@ def test_a_resumed_run_keeps_its_model_and_data():
         resolve_settings({"seed": 3}, resumed=saved)
 
 
+def test_torch_only_settings_are_refused_by_numpy_and_not_inherited_by_a_resume(tmp_path):
+    toml = tmp_path / "gpu.toml"
+    toml.write_text('backend = "torch"\namp = "bf16"\ncompile = true\n')
+    s = resolve_settings(config_file=toml)
+    assert (s.amp, s.compile, s.device) == ("bf16", True, "auto")
+    with pytest.raises(TrainError, match="--amp, --compile: only for --backend torch"):
+        resolve_settings({"backend": "numpy"}, config_file=toml)
+    resumed = resolve_settings({}, resumed=s.to_dict())  # a resume may change them: not kept
+    assert (resumed.backend, resumed.amp, resumed.compile) == ("torch", "off", False)
+    assert resolve_settings({"amp": "fp16"}, resumed=s.to_dict()).amp == "fp16"
+    with pytest.raises(TrainError, match="--amp bf16 keeps float32 master weights"):
+        resolve_settings({"dtype": "float64"}, config_file=toml)
+    with pytest.raises(TrainError, match="--attn must be one of sdpa, math, got 'flash'"):
+        resolve_settings({"backend": "torch", "attn": "flash"})
+
+
 def make_dir(path, content):
     path.mkdir()
     (path / "file").write_text(content)
@@ -151,3 +169,21 @@ def test_epochs_set_the_number_of_steps():
     assert total_steps(TrainSettings(max_steps=7), 1000) == 7
     settings = TrainSettings(epochs=1.5, batch_size=4, grad_accum=2, max_steps=7)
     assert total_steps(settings, 100) == 19  # ceil(1.5 * 100 / 8)
+
+
+def test_numpy_backend_is_a_backend_whose_state_is_what_it_trains():
+    settings = TrainSettings(dtype="float64")
+    config = model_config(settings)
+    params = model.init_params(config, dtype=np.float64)
+    backend = NumpyBackend(
+        config, settings, BackendState(params, optim.init_state(params), None), 0
+    )
+    assert isinstance(backend, Backend)
+    x = np.arange(2 * 8).reshape(2, 8) % config.vocab_size
+    before = backend.state().params["wte.weight"].copy()
+    loss, norm = backend.train_step([(x, x), (x, x)], lr=1e-3)
+    assert isinstance(loss, float) and isinstance(norm, float) and norm > 0
+    state = backend.state()
+    assert not np.array_equal(state.params["wte.weight"], before)
+    assert np.any(state.moments["exp_avg.wte.weight"] != 0)
+    assert state.rng["bit_generator"] == "PCG64"

@@ -14,39 +14,39 @@ from safetensors.numpy import load_file
 ROOT = Path(__file__).resolve().parents[1]
 
 KILLED_RUN = """
-import dataclasses, json, sys, time
-from npgpt.training.loop import numpy_backend, resolve_settings, train
+import json, sys, time
+from npgpt.training.backend import NumpyBackend
+from npgpt.training.loop import train
+from npgpt.training.settings import resolve_settings
 
-settings, marker = resolve_settings(json.loads(sys.argv[1])), sys.argv[2]
-backend_name, kill_step = sys.argv[3], int(sys.argv[4])
-if backend_name == "torch":
-    from torchgpt.training import backend_factory
-    make_backend = backend_factory(device="cpu")
+settings = resolve_settings(json.loads(sys.argv[1]))
+marker, kill_step = sys.argv[2], int(sys.argv[3])
+if settings.backend == "torch":
+    from torchgpt.training import TorchBackend as Backend
 else:
-    make_backend = numpy_backend
+    Backend = NumpyBackend
 
-def hanging_backend(*args):
-    backend = make_backend(*args)
-    updates = args[4]
+class HangingBackend(Backend):
+    def __init__(self, config, settings, state, step):
+        super().__init__(config, settings, state, step)
+        self.begun = step
 
-    def train_step(micro_batches, lr):
-        nonlocal updates
-        updates += 1
-        if updates == kill_step:  # after the previous checkpoint, inside this step
+    def train_step(self, micro_batches, lr):
+        self.begun += 1
+        if self.begun == kill_step:  # after the previous checkpoint, inside this step
             open(marker, "w").close()
             time.sleep(600)
-        return backend.train_step(micro_batches, lr)
+        return super().train_step(micro_batches, lr)
 
-    return dataclasses.replace(backend, train_step=train_step)
-
-train(settings, hanging_backend, progress=False)
+train(settings, HangingBackend, progress=False)
 """
 
 
-def kill_inside_step(settings, step, backend="numpy", env=None):
-    """Train `settings` in a subprocess and SIGKILL it while it is inside update `step`."""
+def kill_inside_step(settings, step, env=None):
+    """Train `settings` (on its backend) in a subprocess and SIGKILL it while it is inside update
+    `step`."""
     marker = Path(settings.out).parent / f"{Path(settings.out).name}-in-step-{step}"
-    args = [json.dumps(settings.to_dict()), str(marker), backend, str(step)]
+    args = [json.dumps(settings.to_dict()), str(marker), str(step)]
     proc = subprocess.Popen(
         [sys.executable, "-c", KILLED_RUN, *args],
         cwd=ROOT,

@@ -1,2 +1,3 @@
-"""The machinery around the training loop: settings, data, the loop itself, the NumPy backend
-and the run directory (atomic checkpoint snapshots, metrics, the loss plot)."""
+"""The machinery around the training loop: the loop itself (loop.py), its settings, the backend
+protocol with npgpt's NumPy backend, the data (corpus, windows) and the run directory (atomic
+checkpoint snapshots, metrics, the loss plot)."""

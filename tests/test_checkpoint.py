@@ -6,6 +6,7 @@ import struct
 
 import numpy as np
 import pytest
+from hf_files import hf_tensors
 from safetensors.numpy import load_file, save_file
 
 from npgpt.config import PRESETS, GPTConfig
@@ -61,11 +62,7 @@ def test_load_a_bare_weights_file_and_cast(tmp_path, params):
 def test_hf_key_forms_are_accepted(tmp_path, params):
     """What `GPT2LMHeadModel.save_pretrained` writes: `transformer.` prefixes, the causal-mask
     buffers (older versions), and `lm_head.weight` when it is the tied wte."""
-    tensors = {f"transformer.{name}": value for name, value in params.items()}
-    for i in range(CFG.n_layers):
-        tensors[f"transformer.h.{i}.attn.bias"] = np.tril(np.ones((1, 1, 8, 8), np.float32))
-        tensors[f"transformer.h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
-    tensors["lm_head.weight"] = params["wte.weight"].copy()
+    tensors = hf_tensors(params, lm_head=True, mask_buffers_for=CFG)
     _, loaded = load(write_tensors(tmp_path / "hf", tensors))
     assert sorted(loaded) == sorted(params)
     for name, value in params.items():
@@ -225,23 +222,27 @@ def test_config_json_round_trips_in_both_forms(name, tmp_path):
     assert read_config(path) == npgpt_form
 
 
-def test_config_json_errors_name_the_file(tmp_path):
-    missing = tmp_path / "nope.json"
-    with pytest.raises(CheckpointError, match="nope.json: no such config file"):
-        read_config(missing)
-    bad = tmp_path / "bad.json"
-    bad.write_text("{not json")
-    with pytest.raises(CheckpointError, match="bad.json: not valid JSON"):
-        read_config(bad)
-    unknown = tmp_path / "unknown.json"
-    unknown.write_text(json.dumps(GPTConfig().to_dict() | {"n_experts": 8}))
-    with pytest.raises(CheckpointError, match=r"unknown.json: unknown config keys \['n_experts'\]"):
-        read_config(unknown)
-    invalid = tmp_path / "invalid.json"
-    invalid.write_text(json.dumps(GPTConfig().to_dict() | {"n_heads": 7}))
-    with pytest.raises(CheckpointError, match="invalid.json: emb_dim"):
-        read_config(invalid)
-    listed = tmp_path / "list.json"
-    listed.write_text("[1, 2]")
-    with pytest.raises(CheckpointError, match="list.json: holds a JSON list, not an object"):
-        read_config(listed)
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("nope.json", None, "nope.json: no such config file"),
+        ("bad.json", "{not json", "bad.json: not valid JSON"),
+        (
+            "unknown.json",
+            json.dumps(GPTConfig().to_dict() | {"n_experts": 8}),
+            r"unknown.json: unknown config keys \['n_experts'\]",
+        ),
+        (
+            "invalid.json",
+            json.dumps(GPTConfig().to_dict() | {"n_heads": 7}),
+            "invalid.json: emb_dim",
+        ),
+        ("list.json", "[1, 2]", "list.json: holds a JSON list, not an object"),
+    ],
+)
+def test_config_json_errors_name_the_file(tmp_path, name, text, message):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(CheckpointError, match=message):
+        read_config(path)

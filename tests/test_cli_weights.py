@@ -5,7 +5,7 @@ line plus exit status 1 for every user error."""
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from safetensors.numpy import save_file
+from hf_files import write_hf_directory
 
 import cli
 import npgpt
@@ -27,10 +27,7 @@ def params():
 def sources(params, tmp_path_factory):
     root = tmp_path_factory.mktemp("sources")
     save_openai(root / "openai", CFG, params)
-    (root / "hf").mkdir()
-    hf = {f"transformer.{name}": value for name, value in params.items()}
-    save_file(hf, str(root / "hf/model.safetensors"))
-    write_config(root / "hf/config.json", CFG)
+    write_hf_directory(root / "hf", CFG, params)
     return root
 
 

@@ -20,16 +20,17 @@ print(",".join(sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r})))
 """
 
 
-def test_npgpt_imports_no_heavy_framework():
+def probe(code):
+    """The lines `code` prints, run in a fresh interpreter (nothing imported yet)."""
     result = subprocess.run(
-        [sys.executable, "-c", PROBE.format(heavy=set(HEAVY))],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
-    n_modules, heavy_loaded = result.stdout.splitlines()
+    return result.stdout.splitlines()
+
+
+def test_npgpt_imports_no_heavy_framework():
+    n_modules, heavy_loaded = probe(PROBE.format(heavy=set(HEAVY)))
     assert int(n_modules) >= 12  # the probe really walked the package
     assert heavy_loaded == ""
 
@@ -158,14 +159,6 @@ print(sorted(n for n in ("load", "save", "get_tokenizer") if n in dir(npgpt)))
 
 
 def test_importing_an_op_loads_no_file_format_or_tokenizer():
-    result = subprocess.run(
-        [sys.executable, "-c", IMPORT_AN_OP.format(machinery=MACHINERY)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    loaded, public = result.stdout.splitlines()
+    loaded, public = probe(IMPORT_AN_OP.format(machinery=MACHINERY))
     assert loaded == ""
     assert public == "['get_tokenizer', 'load', 'save']"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trainrun import checkpoint_files, deterministic, kill_inside_step
+from trainrun import assert_same_run, checkpoint_files, kill_inside_step
 
 from npgpt import model, optim
 from npgpt.training import metrics, snapshot
@@ -43,19 +43,12 @@ def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
     resumed = resolve_settings({}, resumed=state["settings"])
     train(resumed, NumpyBackend, resume=tmp_path / "killed", progress=False)
 
-    params_a, moments_a, state_a = checkpoint_files(tmp_path / "straight")
-    params_b, moments_b, state_b = checkpoint_files(tmp_path / "killed")
-    assert state_a["step"] == state_b["step"] == 4
-    assert params_a.keys() == params_b.keys() and moments_a.keys() == moments_b.keys()
-    for name in params_a:
-        assert params_a[name].dtype == np.float64
-        np.testing.assert_array_equal(params_a[name], params_b[name], err_msg=name)
-    for name in moments_a:
-        np.testing.assert_array_equal(moments_a[name], moments_b[name], err_msg=name)
-    logged_a = deterministic(metrics.read(tmp_path / "straight/metrics.jsonl"))
-    logged_b = deterministic(metrics.read(tmp_path / "killed/metrics.jsonl"))
-    assert [r["step"] for r in logged_b] == list(range(5))
-    assert logged_a == logged_b  # every loss, lr and val loss, before and after the resume
+    # every loss, lr and val loss, before and after the resume
+    state_a, state_b, logged_b = assert_same_run(
+        tmp_path / "straight", tmp_path / "killed", steps=4
+    )
+    params, _, _ = checkpoint_files(tmp_path / "killed")
+    assert all(value.dtype == np.float64 for value in params.values())
     assert logged_b[3]["val_loss"] is not None and logged_b[4]["val_loss"] is not None
     assert state_a["rng"] == state_b["rng"] and state_a["position"] == state_b["position"]
 

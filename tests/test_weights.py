@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hf_files import hf_tensors
 from safetensors.numpy import save_file
 
 from npgpt.config import GPTConfig
@@ -156,18 +157,10 @@ def test_truncated_or_corrupt_openai_checkpoint(openai_dir, damage, expected):
 # --- Hugging Face and npgpt directories -----------------------------------------------------
 
 
-def hf_tensors(params, prefixed):
-    """prefixed: what GPT2LMHeadModel writes (with the tied head); bare: what GPT2Model writes,
-    and the form of the hub's openai-community/gpt2 files. Both with the causal-mask buffers
-    older transformers versions saved."""
-    prefix = "transformer." if prefixed else ""
-    tensors = {prefix + name: value for name, value in params.items()}
-    for i in range(CFG.n_layers):
-        tensors[f"{prefix}h.{i}.attn.bias"] = np.tril(np.ones((1, 1, 16, 16), np.float32))
-        tensors[f"{prefix}h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
-    if prefixed:
-        tensors["lm_head.weight"] = params["wte.weight"]
-    return tensors
+def saved_pretrained(params, prefixed):
+    """prefixed: what GPT2LMHeadModel writes (with the tied head); bare: what GPT2Model writes.
+    Both with the causal-mask buffers older transformers versions saved."""
+    return hf_tensors(params, prefixed=prefixed, lm_head=prefixed, mask_buffers_for=CFG)
 
 
 HUB_CONFIG = {  # the fields of openai-community/gpt2's config.json, at this model's size
@@ -197,7 +190,7 @@ HUB_CONFIG = {  # the fields of openai-community/gpt2's config.json, at this mod
 
 
 def test_a_hub_style_directory(tmp_path, params):
-    save_file(hf_tensors(params, prefixed=False), str(tmp_path / "model.safetensors"))
+    save_file(saved_pretrained(params, prefixed=False), str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps(HUB_CONFIG))
     config, loaded = load(tmp_path)
     assert config == CFG.replace(drop_rate=0.1)
@@ -206,7 +199,7 @@ def test_a_hub_style_directory(tmp_path, params):
 
 @pytest.mark.parametrize("prefixed", [True, False], ids=["transformer.-keys", "bare-keys"])
 def test_hf_safetensors_dir_in_both_key_styles(tmp_path, params, prefixed):
-    save_file(hf_tensors(params, prefixed), str(tmp_path / "model.safetensors"))
+    save_file(saved_pretrained(params, prefixed), str(tmp_path / "model.safetensors"))
     write_config(tmp_path / "config.json", CFG)
     assert detect_format(tmp_path) == ("safetensors", tmp_path / "model.safetensors")
     config, loaded = load(tmp_path)
@@ -216,7 +209,7 @@ def test_hf_safetensors_dir_in_both_key_styles(tmp_path, params, prefixed):
 
 @pytest.mark.parametrize("prefixed", [True, False], ids=["transformer.-keys", "bare-keys"])
 def test_pytorch_bin_in_both_key_styles(tmp_path, params, prefixed):
-    state = {k: torch.from_numpy(v.copy()) for k, v in hf_tensors(params, prefixed).items()}
+    state = {k: torch.from_numpy(v.copy()) for k, v in saved_pretrained(params, prefixed).items()}
     torch.save(state, tmp_path / "pytorch_model.bin")
     write_config(tmp_path / "config.json", CFG)
     assert detect_format(tmp_path) == ("pytorch", tmp_path / "pytorch_model.bin")
@@ -258,7 +251,7 @@ def test_truncated_safetensors_through_npgpt_load(tmp_path, params):
 
 
 def test_hf_key_and_shape_problems_are_all_listed(tmp_path, params):
-    tensors = hf_tensors(params, prefixed=True)
+    tensors = saved_pretrained(params, prefixed=True)
     del tensors["transformer.h.1.ln_2.bias"]
     tensors["transformer.wpe.weight"] = np.zeros((32, 8), np.float32)
     tensors["transformer.h.0.attn.q_norm.weight"] = np.zeros(8, np.float32)
@@ -312,7 +305,7 @@ def write_in_format(fmt, directory, params):
         save_openai(directory, CFG, init_params(CFG))  # hparams.json and checkpoint
         tf_bundle.write_bundle(directory / "model.ckpt", tensors)
         return directory
-    tensors = {f"transformer.{name}": value for name, value in params.items()}
+    tensors = hf_tensors(params)
     if fmt == "pytorch":
         torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, directory / "w.bin")
         weights = directory / "w.bin"

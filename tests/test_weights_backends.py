@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from safetensors.numpy import save_file
+from hf_files import write_hf_directory
 
 import cli
 import npgpt
@@ -19,7 +19,6 @@ from npgpt.generate import generate as np_generate
 from npgpt.model import init_params
 from npgpt.sampling import SamplingSettings
 from npgpt.tokenizer import get_tokenizer
-from npgpt.weights.formats import write_config
 from npgpt.weights.openai import save_openai
 from torchgpt.generate import generate as torch_generate
 
@@ -41,10 +40,7 @@ def params():
 def checkpoints(params, tmp_path_factory):
     root = tmp_path_factory.mktemp("formats")
     save_openai(root / "openai-tf", CFG, params)
-    (root / "hf").mkdir()
-    hf = {f"transformer.{name}": value for name, value in params.items()}
-    save_file(hf | {"lm_head.weight": params["wte.weight"]}, str(root / "hf/model.safetensors"))
-    write_config(root / "hf/config.json", CFG)
+    write_hf_directory(root / "hf", CFG, params, lm_head=True)
     npgpt.save(root / "npgpt", CFG, params)
     return root
 

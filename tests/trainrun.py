@@ -9,7 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from safetensors.numpy import load_file
+
+from npgpt.training import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,6 +74,26 @@ def checkpoint_files(run):
         load_file(str(directory / "optimizer.safetensors")),
         json.loads((directory / "trainer_state.json").read_text()),
     )
+
+
+def assert_same_run(straight, resumed, steps):
+    """The run directory `resumed` ended exactly where `straight` did, after `steps` steps:
+    every parameter and AdamW moment bit for bit, and every logged number but the wall clock
+    (losses, learning rates, validation losses, dropout draws included). Returns both trainer
+    states and the resumed run's records, for further checks."""
+    params_a, moments_a, state_a = checkpoint_files(straight)
+    params_b, moments_b, state_b = checkpoint_files(resumed)
+    assert state_a["step"] == state_b["step"] == steps
+    assert params_a.keys() == params_b.keys() and moments_a.keys() == moments_b.keys()
+    for name in params_a:
+        np.testing.assert_array_equal(params_a[name], params_b[name], err_msg=name)
+    for name in moments_a:
+        np.testing.assert_array_equal(moments_a[name], moments_b[name], err_msg=name)
+    logged_a = deterministic(metrics.read(Path(straight) / "metrics.jsonl"))
+    logged_b = deterministic(metrics.read(Path(resumed) / "metrics.jsonl"))
+    assert [r["step"] for r in logged_b] == list(range(steps + 1))
+    assert logged_a == logged_b
+    return state_a, state_b, logged_b
 
 
 def deterministic(records):

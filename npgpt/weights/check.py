@@ -18,11 +18,31 @@ npgpt.weights.check.CheckpointError: w.safetensors does not match the config ...
   not floating point (1): ln_f.bias: int32
 """
 
+import json
+from pathlib import Path
+
 from npgpt.names import param_shapes
 
 
 class CheckpointError(ValueError):
     """Weights on disk (or in hand) that cannot be read as a GPT-2 of the stated config."""
+
+
+def read_json_object(path, missing):
+    """The JSON object (a dict) in the file at `path`; anything else is a CheckpointError naming
+    the file, `missing` saying what to do when it does not exist."""
+    path = Path(path)
+    try:
+        fields = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: {missing}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror})") from None
+    if not isinstance(fields, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(fields).__name__}, not an object")
+    return fields
 
 
 def check_params(params, config, source):

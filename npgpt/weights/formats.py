@@ -39,7 +39,7 @@ from safetensors.numpy import load_file
 
 from npgpt.config import ConfigError, GPTConfig
 from npgpt.weights.atomic import atomic_write_text
-from npgpt.weights.check import CheckpointError
+from npgpt.weights.check import CheckpointError, read_json_object
 from npgpt.weights.openai import HPARAMS_FILE
 
 WEIGHTS_FILE = "model.safetensors"
@@ -97,17 +97,7 @@ def write_config(path, config):
 
 def read_config(path):
     """A `config.json` in Hugging Face's form (what `write_config` writes) or npgpt's own."""
-    path = Path(path)
-    try:
-        fields = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such config file") from None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
-    except OSError as err:
-        raise CheckpointError(f"{path}: cannot be read ({err.strerror})") from None
-    if not isinstance(fields, dict):
-        raise CheckpointError(f"{path}: holds a JSON {type(fields).__name__}, not an object")
+    fields = read_json_object(path, missing="no such config file")
     try:
         return GPTConfig.from_hf(fields) if "n_embd" in fields else GPTConfig.from_dict(fields)
     except (ConfigError, TypeError) as err:

@@ -37,7 +37,7 @@ from npgpt.config import ConfigError, GPTConfig
 from npgpt.names import param_shapes
 from npgpt.weights import tf_bundle
 from npgpt.weights.atomic import atomic_write_text
-from npgpt.weights.check import CheckpointError, check_params
+from npgpt.weights.check import CheckpointError, check_params, read_json_object
 
 HPARAMS_FILE = "hparams.json"
 CHECKPOINT_FILE = "checkpoint"
@@ -64,36 +64,29 @@ def openai_shape(name, shape):
     return (1, *shape) if name.endswith(CONV_WEIGHTS) else shape
 
 
+HPARAMS_KEYS = {  # hparams.json's names for what Hugging Face's config.json calls
+    "n_vocab": "vocab_size",
+    "n_ctx": "n_positions",
+    "n_embd": "n_embd",
+    "n_head": "n_head",
+    "n_layer": "n_layer",
+}
+
+
 def config_from_hparams(path):
-    path = Path(path)
+    hparams = read_json_object(path, missing="missing; an OpenAI checkpoint directory has one")
+    absent = [key for key in HPARAMS_KEYS if key not in hparams]
+    if absent:
+        raise CheckpointError(f"{path}: missing the key {absent[0]!r}")
     try:
-        hparams = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing; an OpenAI checkpoint directory has one") from None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
-    try:
-        return GPTConfig(
-            vocab_size=hparams["n_vocab"],
-            context_length=hparams["n_ctx"],
-            emb_dim=hparams["n_embd"],
-            n_heads=hparams["n_head"],
-            n_layers=hparams["n_layer"],
-        )
-    except KeyError as missing:
-        raise CheckpointError(f"{path}: missing the key {missing}") from None
+        return GPTConfig.from_hf({HPARAMS_KEYS[key]: hparams[key] for key in HPARAMS_KEYS})
     except ConfigError as err:
         raise CheckpointError(f"{path}: {err}") from None
 
 
 def hparams_from_config(config):
-    return {
-        "n_vocab": config.vocab_size,
-        "n_ctx": config.context_length,
-        "n_embd": config.emb_dim,
-        "n_head": config.n_heads,
-        "n_layer": config.n_layers,
-    }
+    hf = config.to_hf()
+    return {key: hf[hf_key] for key, hf_key in HPARAMS_KEYS.items()}
 
 
 def checkpoint_prefix(directory):

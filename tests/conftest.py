@@ -1,4 +1,6 @@
-"""Fixtures shared by the training tests of both backends."""
+"""Fixtures shared by the training tests of both backends, and the fuzz tests' tracing."""
+
+import tracemalloc
 
 import pytest
 
@@ -24,3 +26,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def traced():
+    """tracemalloc on for a module's examples (NumPy reports its arrays to it): the fuzz tests
+    bound what reading a damaged file may allocate (tests/fuzzing.py)."""
+    tracemalloc.start()
+    yield
+    tracemalloc.stop()

@@ -69,7 +69,7 @@ def train(settings, make_backend, resume=None, progress=True):
     config = model_config(settings)
     train_windows, val_windows, source = load_data(settings, config)
     out = run_directory.out_dir(settings)
-    run, state = begin(settings, config, out, resume)
+    run, state = begin(settings, config, out, resume, len(train_windows))
     backend = make_backend(config, settings, state, run.step)
     max_steps = total_steps(settings, len(train_windows))
     job = Job(settings, config, train_windows, val_windows, source, max_steps, out, backend)
@@ -121,13 +121,13 @@ def load_data(settings, config):
     return train_windows, val_windows, source
 
 
-def begin(settings, config, out, resume):
+def begin(settings, config, out, resume, num_windows):
     """(RunState, BackendState) to start from: the checkpoint at `resume`, or a fresh run."""
     resume_dir = None if resume is None else run_directory.find_checkpoint(resume)
     run_directory.refuse_another_run(out, resume_dir)
     dtype = DTYPES[settings.dtype]
     if resume_dir is not None:
-        return run_directory.load(resume_dir, config, dtype)
+        return run_directory.load(resume_dir, config, dtype, num_windows)
     params = model.init_params(config, seed=settings.seed, dtype=dtype)
     return RunState(), BackendState(params, optim.init_state(params), None)
 

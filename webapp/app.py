@@ -14,6 +14,10 @@ What the model cannot serve is said in the chat, and the server keeps running: a
 is missing or unreadable (retried on the next message, so it may appear later), a setting the
 sampler rejects, a prompt longer than the model's context window. The window slides over the
 model's own output, but a prompt that alone overflows it would lose its beginning unseen.
+
+Who may chat is settled before any of these run: on a page behind a password (`access.py`, whose
+check `serve.py` registers), a connection without a valid session cookie is refused, so no chat
+starts for it and no message of its reaches `answer`.
 """
 
 import asyncio
@@ -145,9 +149,8 @@ async def answer(message):
             f"(its context window): shorten it by {len(prompt_ids) - longest} tokens."
         )
         return
-    reply = cl.Message(
-        content=answer_format.OPENING, author="npgpt"
-    )  # streams inside an open block
+    # the answer streams inside an open code block, closed once the text is complete
+    reply = cl.Message(content=answer_format.OPENING, author="npgpt")
     text = ""
     generation = Generation(model, prompt_ids, sampling)
     pieces = iter(generation)

@@ -341,17 +341,40 @@ def info(path):
 
 @main.command()
 @model_options
-@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 = every network.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="127.0.0.1 = this machine only; 0.0.0.0 = every network (then a password is needed).",
+)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-def serve(checkpoint, backend, device, dtype, host, port):
+@click.option(
+    "--password-file",
+    help="A file, readable by you alone, holding the page's password "
+    "(or set NPGPT_WEB_PASSWORD). Required beyond this machine.",
+)
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="Serve beyond this machine without a password: anyone who reaches the port can use it.",
+)
+def serve(checkpoint, backend, device, dtype, host, port, password_file, no_auth):
     """A web page (Chainlit) where you type a prompt and watch the model answer."""
+    from webapp.access import is_loopback, server_login
     from webapp.serve import PortUnavailable, chainlit_package
     from webapp.serve import serve as run_page
 
     if chainlit_package() is None:
         fail('serve needs Chainlit: pip install -e ".[web]"')
+    login = server_login(host, password_file, no_auth)
+    if no_auth and not is_loopback(host):
+        click.echo(
+            f"npgpt: warning: --no-auth: anyone who can reach {host}:{port} can use the model, "
+            "with no password",
+            err=True,
+        )
     try:
-        run_page(checkpoint, backend, device, dtype, host, port)
+        run_page(checkpoint, backend, device, dtype, host, port, login)
     except PortUnavailable as err:
         fail(f"{err}; choose another --port")
 

@@ -45,6 +45,7 @@ import npgpt
 from npgpt.config import GPTConfig
 from npgpt.generate import generate
 from npgpt.sampling import SamplingSettings
+from npgpt.tokenizer import EOT_ID
 from torchgpt.model import GPT
 
 TARGET_STEP_RATIO = 1.1  # npgpt step / torch step, wall and CPU, at most
@@ -237,7 +238,7 @@ def transformers_decode(model, prompt, new_tokens):
             attention_mask=torch.ones_like(ids),
             max_new_tokens=new_tokens,
             do_sample=False,
-            pad_token_id=npgpt.tokenizer.EOT_ID,
+            pad_token_id=EOT_ID,
             streamer=arrivals,
         )
     return arrivals

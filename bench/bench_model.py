@@ -14,7 +14,8 @@ Rows (select with --rows; all by default):
           transformers' GPT2LMHeadModel.generate on the same weights
 
 Timings are the minimum over rounds run in turns (npgpt, torch, ...), after a warm-up: other
-work on the machine then hits both alike, and the minimum is the least disturbed figure. Usage:
+work on the machine then hits both alike, and the minimum is the least disturbed figure; the
+load row takes the median, as a loaded machine's slowdowns come and go. Usage:
 
     python bench/bench_model.py [--rows step,peer] [--threads 2] [--rounds 3]
 """
@@ -22,6 +23,7 @@ work on the machine then hits both alike, and the minimum is the least disturbed
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -176,10 +178,10 @@ def bench_load(args):
     fns = {"npgpt": setup.npgpt_step(), "torch": setup.torch_step(setup.torchgpt(), "torch")}
     core = max(os.sched_getaffinity(0))
     with BusyCore(core, seconds=3600):
-        times = interleaved_times(fns, args.load_rounds)
+        times = interleaved_times(fns, args.load_rounds, statistic=statistics.median)
     print(
         f"\n[load] training step, {setup.name}, with a process spinning on core {core}, "
-        f"best of {args.load_rounds}"
+        f"median of {args.load_rounds} (the slowdown comes and goes: the best would hide it)"
     )
     print(f"{'':<16}{'wall s':>9}{'CPU s':>9}")
     for name in fns:
@@ -313,7 +315,7 @@ def parse_args():
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of step rows, decode")
     parser.add_argument("--peer-rounds", type=int, default=5)
-    parser.add_argument("--load-rounds", type=int, default=2)
+    parser.add_argument("--load-rounds", type=int, default=3)
     parser.add_argument("--prompt-len", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=128)
     args = parser.parse_args()

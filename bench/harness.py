@@ -83,17 +83,18 @@ def repeats_for(fn, min_seconds):
     return max(1, math.ceil(min_seconds / max(wall, 1e-9)))
 
 
-def interleaved_times(fns, rounds, min_seconds=0.5):
-    """Best (wall, CPU) seconds per call of each function, over `rounds` rounds run in turns
+def interleaved_times(fns, rounds, min_seconds=0.5, statistic=min):
+    """(wall, CPU) seconds per call of each function, over `rounds` rounds run in turns
     (a, b, c, a, b, c, ...) after a warm-up turn, so a change in the machine's load hits each
-    alike. The minimum is the estimate least disturbed by other work on the machine. Fast
-    functions are called several times per timing (at least `min_seconds` a timing)."""
+    alike, summarised by `statistic`: the minimum is the estimate least disturbed by other work
+    on the machine; the median shows what a loaded machine typically gives. Fast functions are
+    called several times per timing (at least `min_seconds` a timing)."""
     repeats = {name: repeats_for(fn, min_seconds) for name, fn in fns.items()}  # the warm-up
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             times[name].append(timed(fn, repeats[name]))
-    return {name: tuple(map(min, zip(*t, strict=True))) for name, t in times.items()}
+    return {name: tuple(map(statistic, zip(*t, strict=True))) for name, t in times.items()}
 
 
 SPIN_LOOP = """

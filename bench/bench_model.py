@@ -154,7 +154,9 @@ def peak_memory(backend, preset, batch, seq):
     script = Path(__file__).with_name("peak_memory.py")
     command = [sys.executable, str(script), backend, "--preset", preset]
     command += ["--batch", str(batch), "--seq", str(seq)]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"{script.name} {backend} failed:\n{result.stderr}")
     return json.loads(result.stdout.splitlines()[-1])
 
 

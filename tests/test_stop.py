@@ -5,7 +5,9 @@ checkpoint is written; a full disk stops the run with one line, the previous che
 and nothing half-written left. After each, --resume continues bit for bit (float64, CPU).
 
 The signals are real, sent by this process to a training subprocess (the CLI) held at a chosen
-point (trainrun.HELD_CLI), so each lands exactly there."""
+point (trainrun.HELD_CLI), so each lands exactly there. Every run compared bit for bit runs in a
+subprocess on one thread (ONE_THREAD): the float64 sums then add up in one order, and the tiny
+products run 3x faster than on two threads of a busy machine."""
 
 import errno
 import importlib
@@ -18,58 +20,55 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from trainrun import assert_same_run, held_cli, signal_while_held
+from trainrun import (
+    ONE_THREAD,
+    assert_same_run,
+    cli_run,
+    held_cli,
+    signal_while_held,
+    stop_settings,
+    train_args,
+    train_on_one_thread,
+)
 
 import cli
 import npgpt
-from npgpt.training import metrics
+from npgpt.training import metrics, stopping
 from npgpt.training.backend import NumpyBackend
 from npgpt.training.loop import train
 from npgpt.training.settings import resolve_settings
-from torchgpt.training import TorchBackend
 
-ROOT = Path(__file__).resolve().parents[1]
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
 
 
-def run_settings(corpus, out, **changes):
-    """4 steps of 2 micro-batches of 1 window of 8 tokens (small: the head's 50257 columns
-    cost the time), dropout on (an abandoned step must undo its draws), one checkpoint at the
-    end unless a test asks for more."""
-    values = dict(
-        preset="tiny", data=[str(corpus)], context_length=8, batch_size=1, grad_accum=2,
-        max_steps=4, warmup_steps=1, lr=3e-3, drop_rate=0.1, eval_every=2, eval_batches=1,
-        sample_every=100, sample_tokens=0, save_every=100, dtype="float64", out=str(out),
-        cache_dir=str(Path(corpus).parent / "cache"),
-    )  # fmt: skip
-    return resolve_settings(values | changes)
-
-
-def torch_settings(corpus, out, **changes):
-    return run_settings(corpus, out, backend="torch", device="cpu", **changes)
-
-
 def short_settings(corpus, out):
-    """2 steps of 1 micro-batch, a checkpoint after each: the disk-full tests' run."""
-    return run_settings(corpus, out, max_steps=2, grad_accum=1, save_every=1)
+    """2 steps of 1 micro-batch, a checkpoint after each: the disk-full tests' run (in float32,
+    half the bytes to write)."""
+    return stop_settings(corpus, out, max_steps=2, grad_accum=1, save_every=1, dtype="float32")
 
 
 @pytest.fixture(scope="module")
-def straight(corpus, tmp_path_factory, one_torch_thread):
-    """The uninterrupted runs: what every stopped run must end up as. torch on one thread, as
-    in its subprocesses (ONE_THREAD), so that float64 sums add up in the same order."""
-    root = tmp_path_factory.mktemp("straight")
-    train(run_settings(corpus, root / "numpy"), NumpyBackend, progress=False)
-    train(short_settings(corpus, root / "short"), NumpyBackend, progress=False)
-    train(torch_settings(corpus, root / "torch"), TorchBackend, progress=False)
-    return root
+def short_straight(corpus, tmp_path_factory):
+    """The disk-full tests' run, uninterrupted, in this process as theirs are."""
+    out = tmp_path_factory.mktemp("straight") / "short"
+    train(short_settings(corpus, out), NumpyBackend, progress=False)
+    return out
 
 
-def train_args(settings, tmp_path):
-    config = tmp_path / f"{Path(settings.out).name}.json"
-    config.write_text(json.dumps(settings.to_dict()))
-    return ["train", "--config", config, "--no-progress"]
+def test_a_signal_is_noted_never_raised_and_the_handlers_come_back():
+    """In this process: Ctrl-C inside the block raises no KeyboardInterrupt; the request keeps
+    the strongest signal (SIGTERM over SIGINT), `now()` keeps what the processes agreed on."""
+    before = signal.getsignal(signal.SIGINT)
+    with stopping.on_signals(agree=lambda signum: signum, show=False) as stop:
+        assert not stop.now() and stop.agreed == 0
+        signal.raise_signal(signal.SIGINT)  # raised in this thread: handled before the next line
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGINT)
+        assert stop.received == signal.SIGTERM
+        assert stop.now() and stop.agreed == signal.SIGTERM
+    assert signal.getsignal(signal.SIGINT) is before
+    assert stopping.Stopped("", signal.SIGINT).exit_status == 130
+    assert stopping.Stopped("", signal.SIGTERM).exit_status == 0
 
 
 def assert_stopped(done, run, name, step, of):
@@ -86,57 +85,62 @@ def assert_stopped(done, run, name, step, of):
     assert {p.name for p in run.iterdir()} <= {"checkpoint", "metrics.jsonl", "loss.png"}
 
 
-def resume(settings, backend, run):
-    train(resolve_settings({}, resumed=settings.to_dict()), backend, resume=run, progress=False)
+def resume(run, *more):
+    cli_run("train", "--resume", run, "--no-progress", *more)
 
 
-def test_sigterm_inside_a_step_abandons_it_and_resumes_bit_for_bit(corpus, tmp_path, straight):
-    settings = run_settings(corpus, tmp_path / "run")
+def test_sigterm_inside_a_step_abandons_it_and_resumes_bit_for_bit(corpus, tmp_path, straight_runs):
+    settings = stop_settings(corpus, tmp_path / "run")
     held, markers = held_cli(tmp_path, "step", 3)  # step 3 begins; its 2nd micro-batch won't
     command = [sys.executable, *held, *train_args(settings, tmp_path)]
-    done = signal_while_held(command, markers, [(0, signal.SIGTERM)])
+    done = signal_while_held(command, markers, [(0, signal.SIGTERM)], env=ONE_THREAD)
     assert done.returncode == 0, done.stderr
     assert "SIGTERM: stopping at the next micro-batch boundary" in done.stderr
-    assert_stopped(done, tmp_path / "run", "SIGTERM", step=2, of=4)
-    resume(settings, NumpyBackend, tmp_path / "run")
-    assert_same_run(straight / "numpy", tmp_path / "run", steps=4)
+    assert_stopped(done, tmp_path / "run", "SIGTERM", step=2, of=3)
+    resume(tmp_path / "run")
+    assert_same_run(straight_runs("numpy"), tmp_path / "run", steps=3)
 
 
-def test_ctrl_c_twice_during_a_save_leaves_it_whole_and_exits_130(corpus, tmp_path, straight):
+def test_ctrl_c_twice_during_a_save_leaves_it_whole_and_exits_130(corpus, tmp_path, straight_runs):
     """Without the handler the first Ctrl-C would raise KeyboardInterrupt inside the write."""
-    settings = run_settings(corpus, tmp_path / "run", save_every=2)
+    settings = stop_settings(corpus, tmp_path / "run", save_every=2)
     held, markers = held_cli(tmp_path, "save", 1)  # writing step 2's checkpoint
     command = [sys.executable, *held, *train_args(settings, tmp_path)]
-    done = signal_while_held(command, markers, [(0, signal.SIGINT), (0, signal.SIGINT)])
+    signals = [(0, signal.SIGINT), (0, signal.SIGINT)]
+    done = signal_while_held(command, markers, signals, env=ONE_THREAD)
     assert done.returncode == 130, done.stderr
     assert "SIGINT again: still stopping" in done.stderr
-    assert_stopped(done, tmp_path / "run", "SIGINT", step=2, of=4)
-    assert npgpt.load(tmp_path / "run")[0] == npgpt.load(straight / "numpy")[0]
-    resume(settings, NumpyBackend, tmp_path / "run")
-    assert_same_run(straight / "numpy", tmp_path / "run", steps=4)
+    assert_stopped(done, tmp_path / "run", "SIGINT", step=2, of=3)
+    assert npgpt.load(tmp_path / "run")[0] == npgpt.load(straight_runs("numpy"))[0]
+    resume(tmp_path / "run")
+    assert_same_run(straight_runs("numpy"), tmp_path / "run", steps=3)
 
 
-def test_torch_ctrl_c_inside_a_step_abandons_it_and_resumes_bit_for_bit(corpus, tmp_path, straight):
-    settings = torch_settings(corpus, tmp_path / "run")
+def test_torch_ctrl_c_inside_a_step_abandons_it_and_resumes_bit_for_bit(
+    corpus, tmp_path, straight_runs
+):
+    settings = stop_settings(corpus, tmp_path / "run", "torch")
     held, markers = held_cli(tmp_path, "step", 2)
     command = [sys.executable, *held, *train_args(settings, tmp_path)]
     done = signal_while_held(command, markers, [(0, signal.SIGINT)], env=ONE_THREAD)
     assert done.returncode == 130, done.stderr
-    assert_stopped(done, tmp_path / "run", "SIGINT", step=1, of=4)
-    resume(torch_settings(corpus, tmp_path / "run"), TorchBackend, tmp_path / "run")
-    state_a, state_b, _ = assert_same_run(straight / "torch", tmp_path / "run", steps=4)
+    assert_stopped(done, tmp_path / "run", "SIGINT", step=1, of=3)
+    # in this process: a torch process takes seconds to start; torch-only flags are not carried
+    resumed = resolve_settings({"device": "cpu"}, resumed=settings.to_dict())
+    train_on_one_thread(resumed, resume=tmp_path / "run")
+    state_a, state_b, _ = assert_same_run(straight_runs("torch"), tmp_path / "run", steps=3)
     assert state_a["rng"] == state_b["rng"]  # the abandoned step's dropout draws were undone
 
 
 def test_torchrun_processes_agree_to_stop_at_one_step(corpus, tmp_path):
-    """A SIGTERM to rank 1 and a Ctrl-C to rank 0, held at the start of step 2 (one micro-batch
-    per step here: the step in flight is finished): both processes stop after step 2, for the
-    same reason (SIGTERM outranks SIGINT: status 0), and one checkpoint holds both ranks'."""
-    settings = torch_settings(corpus, tmp_path / "ddp", grad_accum=1, batch_size=2)
+    """A SIGTERM to rank 1 alone, held at the start of step 2: between the step's two
+    micro-batches (DDP has not exchanged gradients yet) both processes abandon it, rank 0 for
+    rank 1's reason (status 0, its report says SIGTERM), and one checkpoint, of step 1, holds
+    both ranks' RNG states."""
+    settings = stop_settings(corpus, tmp_path / "ddp", "torch", batch_size=2)
     held, markers = held_cli(tmp_path, "step", 2)
     command = [*TORCHRUN, 2, *held, *train_args(settings, tmp_path)]
-    signals = [(1, signal.SIGTERM), (0, signal.SIGINT)]
-    done = signal_while_held(command, markers, signals, ranks=2, env=ONE_THREAD)
+    done = signal_while_held(command, markers, [(1, signal.SIGTERM)], ranks=2, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_stopped_ddp(done, tmp_path / "ddp")
 
@@ -144,12 +148,12 @@ def test_torchrun_processes_agree_to_stop_at_one_step(corpus, tmp_path):
 def assert_stopped_ddp(done, run):
     stopped = [line for line in done.stderr.splitlines() if line.startswith("stopped by")]
     assert stopped == [
-        f"stopped by SIGTERM after step 2 of 4: checkpoint {run / 'checkpoint'}; "
+        f"stopped by SIGTERM after step 1 of 3: checkpoint {run / 'checkpoint'}; "
         f"continue with --resume {run}"
     ]  # the main process alone reports
     state = json.loads((run / "checkpoint/trainer_state.json").read_text())
-    assert state["step"] == 2 and len(state["rng"]["torch"]) == 2
-    assert [r["step"] for r in metrics.read(run / "metrics.jsonl")] == [0, 1, 2]
+    assert state["step"] == 1 and len(state["rng"]["torch"]) == 2
+    assert [r["step"] for r in metrics.read(run / "metrics.jsonl")] == [0, 1]
     assert {p.name for p in run.iterdir()} <= {"checkpoint", "metrics.jsonl", "loss.png"}
 
 
@@ -239,7 +243,7 @@ def start_short_run(corpus, run, tmp_path):
 
 @pytest.mark.parametrize("what", list(WRITES))
 def test_a_full_disk_at_any_file_keeps_the_previous_checkpoint(
-    corpus, tmp_path, straight, monkeypatch, what
+    corpus, tmp_path, short_straight, monkeypatch, what
 ):
     """Step 1's checkpoint is written; step 2's fails at `what`."""
     run = tmp_path / "run"
@@ -260,7 +264,7 @@ def test_a_full_disk_at_any_file_keeps_the_previous_checkpoint(
     assert loaded_config.context_length == 8 and params["wte.weight"].dtype == np.float32
     result = invoke("train", "--resume", run, "--no-progress")
     assert result.exit_code == 0, result.output
-    assert_same_run(straight / "short", run, steps=2)
+    assert_same_run(short_straight, run, steps=2)
 
 
 def test_a_full_disk_at_the_first_checkpoint_leaves_none_and_says_start_again(
@@ -280,7 +284,7 @@ def test_a_full_disk_at_the_first_checkpoint_leaves_none_and_says_start_again(
 
 
 def test_a_full_disk_at_the_metrics_file_says_which_checkpoint_to_resume(
-    corpus, tmp_path, straight, monkeypatch
+    corpus, tmp_path, short_straight, monkeypatch
 ):
     run = tmp_path / "run"
     raised = fail_at(monkeypatch, "npgpt.training.metrics.append", None, matches("-"), nth=3)
@@ -293,4 +297,4 @@ def test_a_full_disk_at_the_metrics_file_says_which_checkpoint_to_resume(
     )
     monkeypatch.undo()
     assert invoke("train", "--resume", run, "--no-progress").exit_code == 0
-    assert_same_run(straight / "short", run, steps=2)
+    assert_same_run(short_straight, run, steps=2)

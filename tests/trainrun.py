@@ -2,6 +2,7 @@
 run told to stop (a real signal) at a chosen point, a run that SIGKILLs itself at its n-th
 event, and the files a finished run leaves to compare."""
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,8 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from npgpt.training import metrics
+from npgpt.training.loop import train
+from npgpt.training.settings import resolve_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,11 +148,14 @@ def signal_while_held(command, markers, signals, ranks=1, env=None, timeout=120)
         (markers / "go").touch()
         proc.wait(timeout=timeout)
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # a failed test: none of its processes may outlive it
+            for marker in markers.glob("[0-9]*"):  # torchrun's own are in sessions of their own
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(marker.read_text()), signal.SIGKILL)
             proc.kill()
             proc.wait()
         for reader in readers:
-            reader.join()
+            reader.join(timeout=10)
     return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(out), "".join(err))
 
 
@@ -215,8 +221,8 @@ train(settings, Counted, resume=resume, progress=False)
 
 def run_killed_at_event(settings, kill_at, env=None):
     """Train `settings` in a subprocess (resuming the checkpoint in settings.out, if any) that
-    SIGKILLs itself at its `kill_at`-th event (see KILLED_AT_EVENT). Returns whether it was
-    killed (False: the run ended first)."""
+    SIGKILLs itself at its `kill_at`-th event (see KILLED_AT_EVENT; 0: at none). Returns whether
+    it was killed (False: the run ended first)."""
     done = subprocess.run(
         [sys.executable, "-c", KILLED_AT_EVENT, json.dumps(settings.to_dict()), str(kill_at)],
         cwd=ROOT,
@@ -227,6 +233,60 @@ def run_killed_at_event(settings, kill_at, env=None):
     )
     assert done.returncode in (0, -signal.SIGKILL), done.stderr[-3000:]
     return done.returncode == -signal.SIGKILL
+
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def stop_settings(corpus, out, backend="numpy", **changes):
+    """The run the stop and kill tests interrupt and compare: 3 steps of 2 micro-batches of 1
+    window of 8 tokens (small: the head's 50257 columns cost the time), dropout on (an abandoned
+    step must undo its draws), float64, one checkpoint at the end unless a test asks for more."""
+    values = dict(
+        preset="tiny", data=[str(corpus)], context_length=8, batch_size=1, grad_accum=2,
+        max_steps=3, warmup_steps=1, lr=3e-3, drop_rate=0.1, eval_every=2, eval_batches=1,
+        sample_every=100, sample_tokens=0, save_every=100, dtype="float64", out=str(out),
+        cache_dir=str(Path(corpus).parent / "cache"), backend=backend,
+    )  # fmt: skip
+    if backend == "torch":
+        values["device"] = "cpu"
+    return resolve_settings(values | changes)
+
+
+def train_args(settings, directory):
+    """`train` of `settings`, through a --config file written in `directory`."""
+    config = Path(directory) / f"{Path(settings.out).name}.json"
+    config.write_text(json.dumps(settings.to_dict()))
+    return ["train", "--config", config, "--no-progress"]
+
+
+def cli_run(*args):
+    """`python cli.py ARGS` in a subprocess on one thread (ONE_THREAD: float64 sums then add up
+    in one order in every such process, and tiny products run ~3x faster than on two threads of
+    a busy machine); it must succeed."""
+    done = subprocess.run(
+        [sys.executable, "cli.py", *[str(a) for a in args]],
+        cwd=ROOT,
+        env=os.environ | ONE_THREAD,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def train_on_one_thread(settings, resume=None):
+    """A torch run in this process, on one thread as in the tests' subprocesses (ONE_THREAD)."""
+    import torch
+
+    from torchgpt.training import TorchBackend
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(settings, TorchBackend, resume=resume, progress=False)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def checkpoint_files(run):

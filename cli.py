@@ -171,18 +171,22 @@ def training_backend(name):
 def train(config_file, resume, progress, **flags):
     """Train a GPT (from scratch or --resume) on text files or the built-in corpus.
 
+    SIGTERM or Ctrl-C saves a checkpoint and exits (status 0 or 130); --resume continues.
     Several GPUs: torchrun --nproc_per_node N cli.py train --backend torch ..."""
     from npgpt.training.loop import train as run_training
     from npgpt.training.run_directory import resumed_settings
     from npgpt.training.settings import TrainError, resolve_settings
+    from npgpt.training.stopping import Stopped
 
     given = {key: value for key, value in flags.items() if value not in (None, ())}
     try:
         resumed = None if resume is None else resumed_settings(resume)
         settings = resolve_settings(given, config_file, resumed)
         run_training(settings, training_backend(settings.backend), resume, progress)
-    except TrainError as err:
+    except TrainError as err:  # a WriteError (a full disk) too: its message says what to do
         fail(str(err))
+    except Stopped as stop:  # the checkpoint is saved and the run said where
+        sys.exit(stop.exit_status)
 
 
 def eval_windows(data, T, stride, val_fraction, cache_dir):
@@ -341,17 +345,40 @@ def info(path):
 
 @main.command()
 @model_options
-@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 = every network.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="127.0.0.1 = this machine only; 0.0.0.0 = every network (then a password is needed).",
+)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-def serve(checkpoint, backend, device, dtype, host, port):
+@click.option(
+    "--password-file",
+    help="A file, readable by you alone, holding the page's password "
+    "(or set NPGPT_WEB_PASSWORD). Required beyond this machine.",
+)
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="Serve beyond this machine without a password: anyone who reaches the port can use it.",
+)
+def serve(checkpoint, backend, device, dtype, host, port, password_file, no_auth):
     """A web page (Chainlit) where you type a prompt and watch the model answer."""
+    from webapp.access import is_loopback, server_login
     from webapp.serve import PortUnavailable, chainlit_package
     from webapp.serve import serve as run_page
 
     if chainlit_package() is None:
         fail('serve needs Chainlit: pip install -e ".[web]"')
+    login = server_login(host, password_file, no_auth)
+    if no_auth and not is_loopback(host):
+        click.echo(
+            f"npgpt: warning: --no-auth: anyone who can reach {host}:{port} can use the model, "
+            "with no password",
+            err=True,
+        )
     try:
-        run_page(checkpoint, backend, device, dtype, host, port)
+        run_page(checkpoint, backend, device, dtype, host, port, login)
     except PortUnavailable as err:
         fail(f"{err}; choose another --port")
 

@@ -1,17 +1,16 @@
-"""pytest set-up for every test directory: the Hypothesis profiles, registered once here (pytest
-loads this file before the conftest.py of tests/ and parity/, whichever of them runs).
+"""pytest set-up for every suite (tests/, parity/): the Hypothesis profiles.
 
-pytest                                       the `ci` profile (default)
-pytest --hypothesis-profile thorough         fresh draws and 20x the examples (parity: about 30
-                                             minutes; the readers' fuzzing in tests/: minutes)
+pytest                                  the `ci` profile (default)
+pytest --hypothesis-profile thorough    fresh draws and many more examples (parity: about 30
+                                        minutes); a test whose examples are costly takes a
+                                        share of the profile's (tests/test_sigkill_resume.py)
 """
 
 from hypothesis import HealthCheck, settings
 
 # ci: a fixed, bounded set of examples (derandomize: the same draws on every run and machine,
-# no example database), so a red CI run is reproducible and the parity suite stays within ~3
-# minutes on 2 cores. thorough: fresh random draws, 20x the examples. Tests that need more
-# examples or a deadline scale these (tests/fuzzing.py), so both profiles keep their meaning.
+# no example database), so a red CI run is reproducible and the whole suite stays within ~3
+# minutes on 2 cores. thorough: fresh random draws, 20x the examples.
 settings.register_profile(
     "ci",
     max_examples=20,

@@ -11,9 +11,9 @@ the cached run more, so CPU time (this process's own) is reported beside it. Usa
 
 import argparse
 import os
-import time
 
 import numpy as np
+from harness import timed
 
 from npgpt.config import GPTConfig
 from npgpt.generate import generate
@@ -25,9 +25,11 @@ TARGET_SPEEDUP = 8.0
 
 def timed_generate(params, config, prompt, settings, use_kv_cache):
     """The tokens, and the (wall, CPU) seconds it took to generate them."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    tokens = list(generate(params, config, prompt, settings, use_kv_cache=use_kv_cache))
-    return tokens, (time.perf_counter() - wall, time.process_time() - cpu)
+    tokens = []
+    seconds = timed(
+        lambda: tokens.extend(generate(params, config, prompt, settings, use_kv_cache=use_kv_cache))
+    )
+    return tokens, seconds
 
 
 def main():

@@ -1,5 +1,5 @@
-"""pytest set-up for the parity suite: devices and `--parity-report`. The Hypothesis profiles
-(`ci`, `thorough`) are registered for every test directory in the top-level conftest.py.
+"""pytest set-up for the parity suite: devices and `--parity-report` (the Hypothesis profiles
+are the repository's: ../conftest.py).
 
 pytest parity                                  the `ci` profile (default)
 pytest parity --hypothesis-profile thorough    many more examples (about 30 minutes)

@@ -4,10 +4,13 @@ The page must stream the very text `python cli.py generate` prints for the same 
 and seed; say what is wrong with a bad setting, an over-long prompt or a missing checkpoint in
 the chat and keep serving; and give two sessions generating at the same time their own answers.
 The browser cannot resolve any host but 127.0.0.1, so the page is also checked to render offline.
+A page served with a password answers nobody who has not logged in: neither the browser nor a
+client speaking Chainlit's socket.io protocol directly (`webapp.client`).
 
 `NPGPT_WEB_SCREENSHOT=docs/web.png` saves a screenshot of the page mid-answer (for the README).
 """
 
+import asyncio
 import importlib.util
 import os
 import shutil
@@ -15,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -45,10 +49,14 @@ if not MISSING:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
+    from socketio.exceptions import ConnectionError as SocketRefused
+
+    from webapp.client import ChatSession, LoginRefused, log_in
 
 PROMPT = "The meaning of life is"
 SETTINGS = {"temperature": "0.9", "top_k": "200", "top_p": "0.95", "max_new_tokens": "100"}
 TIMEOUT = 30  # seconds for any one thing to appear on the page
+PASSWORD = "open sesame"
 
 
 def free_port():
@@ -64,11 +72,12 @@ def write_checkpoint(directory):
     save(directory, config, init_params(config, seed=0))
 
 
-def start_server(checkpoint):
+def start_server(checkpoint, *options):
     """`python cli.py serve` on a free port, in its own process; `wait_until_up` waits for it."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "cli.py", "serve", "--checkpoint", str(checkpoint), "--port", str(port)],
+        [sys.executable, "cli.py", "serve", "--checkpoint", str(checkpoint), "--port", str(port)]
+        + list(options),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -208,10 +217,18 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def servers(checkpoint):
-    """url -> the page for our checkpoint, missing -> one whose checkpoint is not there yet.
-    Both start at once: most of a start is importing Chainlit, and the two overlap."""
+    """url -> the page for our checkpoint, missing -> one whose checkpoint is not there yet,
+    locked -> our checkpoint behind a password. They start at once: most of a start is
+    importing Chainlit, and the starts overlap."""
     missing = checkpoint.parent / "not-trained-yet"
-    started = {"url": start_server(checkpoint), "missing": start_server(missing)}
+    password_file = checkpoint.parent / "password"
+    password_file.write_text(PASSWORD + "\n")
+    password_file.chmod(0o600)
+    started = {
+        "url": start_server(checkpoint),
+        "missing": start_server(missing),
+        "locked": start_server(checkpoint, "--password-file", str(password_file)),
+    }
     for server, url in started.values():
         wait_until_up(server, url)
     yield {name: url for name, (_, url) in started.items()} | {"missing_checkpoint": missing}
@@ -353,3 +370,61 @@ def test_two_sessions_generating_at_once_get_their_own_answers(browser, url, che
         assert max(start_1, start_2) < min(end_1, end_2), "one answer waited for the other"
     finally:
         other.quit()
+
+
+def forged_cookie():
+    """A session token in the form Chainlit signs, but signed with a key the server never had."""
+    import jwt
+
+    claims = {"identifier": "npgpt", "metadata": {}, "exp": int(time.time()) + 3600}
+    return "access_token=" + jwt.encode(claims, "not the server's key " * 3, algorithm="HS256")
+
+
+async def chat_without_a_browser(url, cookie, settings, prompt):
+    """(first message, what the settings change drew, the answer) of one chat session."""
+    session = ChatSession(url, cookie)
+    try:
+        first = await session.open(timeout=TIMEOUT)
+        said = await session.change_settings(settings, timeout=TIMEOUT)
+        return first, said, await session.ask(prompt, timeout=TIMEOUT)
+    finally:
+        await session.close()
+
+
+def test_without_the_password_a_client_gets_no_answer(servers, checkpoint):
+    from webapp.settings import DEFAULTS
+
+    url = servers["locked"]
+    settings = DEFAULTS | {"seed": "5", "max_new_tokens": "30"}
+    for cookie in [None, forged_cookie()]:  # the socket is refused before a chat exists
+        with pytest.raises(SocketRefused):
+            asyncio.run(chat_without_a_browser(url, cookie, settings, PROMPT))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url + "user", timeout=TIMEOUT)
+    assert refused.value.code == 401
+    with pytest.raises(LoginRefused):
+        log_in(url, PASSWORD + " ")
+    cookie = log_in(url, PASSWORD)
+    first, said, answer = asyncio.run(chat_without_a_browser(url, cookie, settings, PROMPT))
+    assert first.startswith("Model:") and said == []
+    assert answer.text == in_process_generate(checkpoint, PROMPT, settings)
+    assert answer.first_token_s is not None  # it streamed
+
+
+def test_the_page_asks_for_the_password_before_it_answers(browser, servers):
+    url = servers["locked"]
+    browser.get(url)
+    browser.delete_all_cookies()  # a session token from an earlier login would let us in
+    browser.get(url)
+    try:
+        wait_for(browser, lambda d: d.find_elements(By.ID, "password"), "the login form")
+        assert browser.current_url == url + "login"
+        assert messages(browser) == [] and not browser.find_elements(By.ID, "chat-input")
+        browser.find_element(By.ID, "email").send_keys("reader")
+        browser.find_element(By.ID, "password").send_keys(PASSWORD)
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait_for(browser, lambda d: any("Model:" in m for m in messages(d)), "the chat")
+        send(browser, PROMPT)
+        wait_for(browser, lambda d: answers(d) and answers(d)[0][1], "an answer")
+    finally:
+        browser.delete_all_cookies()  # cookies ignore the port: keep the other pages' tests clean

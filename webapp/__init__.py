@@ -7,4 +7,8 @@ It lives apart from npgpt's textbook modules (npgpt never imports chainlit):
                  then runs Chainlit on `app.py`
     app.py       the Chainlit callbacks: one chat session = one user's settings and answers;
                  the model is loaded and run through `frontend.py`, as `cli.py generate` does
+    access.py    who may use the page: open on loopback, behind a password beyond it
+    answer_format.py   how an answer is shown in the chat, and read back out of it
+    client.py    a chat session without a browser (Chainlit's socket.io protocol), for
+                 scripts and tests: bench/bench_serve.py drives the page with it
 """

@@ -14,6 +14,10 @@ What the model cannot serve is said in the chat, and the server keeps running: a
 is missing or unreadable (retried on the next message, so it may appear later), a setting the
 sampler rejects, a prompt longer than the model's context window. The window slides over the
 model's own output, but a prompt that alone overflows it would lose its beginning unseen.
+
+Who may chat is settled before any of these run: on a page behind a password (`access.py`, whose
+check `serve.py` registers), a connection without a valid session cookie is refused, so no chat
+starts for it and no message of its reaches `answer`.
 """
 
 import asyncio
@@ -30,7 +34,7 @@ from chainlit.input_widget import NumberInput, TextInput
 from frontend import Generation, UserError, encode_prompt, load_model
 from npgpt.config import PRESETS
 from npgpt.names import num_params
-from webapp import serve, settings
+from webapp import answer_format, serve, settings
 
 LOAD_LOCK = threading.Lock()
 DONE = object()  # what `next` returns once the answer is complete
@@ -93,14 +97,6 @@ async def say_problem(text):
     await cl.Message(content=f"⚠️ {text}", author="npgpt").send()
 
 
-def fenced(text):
-    """`text` as a Markdown code block shown verbatim: the fence is longer than any ``` inside."""
-    ticks = 4
-    while "`" * ticks in text:
-        ticks += 1
-    return "`" * ticks + "text\n" + text + "\n" + "`" * ticks
-
-
 @cl.on_app_startup
 async def warm_up():
     try:
@@ -153,14 +149,15 @@ async def answer(message):
             f"(its context window): shorten it by {len(prompt_ids) - longest} tokens."
         )
         return
-    reply = cl.Message(content="````text\n", author="npgpt")  # streams inside an open code block
+    # the answer streams inside an open code block, closed once the text is complete
+    reply = cl.Message(content=answer_format.OPENING, author="npgpt")
     text = ""
     generation = Generation(model, prompt_ids, sampling)
     pieces = iter(generation)
     while (piece := await asyncio.to_thread(next, pieces, DONE)) is not DONE:
         text += piece
         await reply.stream_token(piece)
-    shown = fenced(text) if text else "*(no text: `<|endoftext|>` came first, or 0 new tokens)*"
+    shown = answer_format.fenced(text) if text else answer_format.NO_TEXT
     speed = (
         f"{generation.tokens} tokens in {generation.seconds:.2f} s · {generation.rate:.1f} tokens/s"
     )

@@ -14,7 +14,8 @@ Chainlit's own bundled scripts; the page falls back to the system's sans-serif f
 LaTeX rendering off, so nothing is lost.
 
 The model is handed to `app.py` through environment variables: Chainlit loads the app file
-itself, as a fresh module, in this same process.
+itself, as a fresh module, in this same process. The password is not: it stays in this process's
+memory, as the digest in `access.Login`, whose check is registered with Chainlit here.
 """
 
 import importlib.util
@@ -25,6 +26,8 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
+
+from webapp import access
 
 CONFIG_TOML = """\
 [project]
@@ -129,8 +132,9 @@ def check_port(host, port):
             raise PortUnavailable(f"cannot listen on {host}:{port}: {err.strerror}") from None
 
 
-def serve(checkpoint, backend, device, dtype, host, port):
-    """Run the page until interrupted. Chainlit must be installed (see `chainlit_package`)."""
+def serve(checkpoint, backend, device, dtype, host, port, login=None):
+    """Run the page until interrupted; behind Chainlit's login page when `login` (an
+    `access.Login`) is given. Chainlit must be installed (see `chainlit_package`)."""
     from importlib.metadata import version
 
     check_port(host, port)
@@ -151,11 +155,20 @@ def serve(checkpoint, backend, device, dtype, host, port):
         )
         # With this key set, Chainlit would upload every conversation to Literal AI's cloud.
         os.environ.pop("LITERAL_API_KEY", None)
-        print(f"npgpt: serving {checkpoint} ({backend}) on http://{host}:{port}", file=sys.stderr)
-        from chainlit.cli import run_chainlit  # only now: Chainlit reads its config on import
+        if login is not None:
+            os.environ[access.SECRET_ENV] = login.secret
+        guard = "a password" if login else "no password"
+        print(
+            f"npgpt: serving {checkpoint} ({backend}) on http://{host}:{port} with {guard}",
+            file=sys.stderr,
+        )
+        import chainlit as cl  # only now: Chainlit reads its config on import
+        from chainlit.cli import run_chainlit
         from chainlit.config import config
 
         config.run.headless = True  # never open a browser on the server's machine
+        if login is not None:
+            cl.password_auth_callback(access.log_in_callback(login))
         run_chainlit(str(Path(__file__).with_name("app.py")))
     finally:  # a clean stop ends in app.py's shutdown hook instead: Chainlit calls os._exit
         shutil.rmtree(app_dir, ignore_errors=True)

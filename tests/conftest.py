@@ -1,8 +1,7 @@
-"""Fixtures shared by the training tests of both backends, and the fuzz tests' tracing."""
-
-import tracemalloc
+"""Fixtures shared by the training tests of both backends; the fuzz tests' summary."""
 
 import pytest
+from fuzzing import CASES
 from trainrun import cli_run, stop_settings, train_args, train_on_one_thread
 
 from npgpt.training.corpus import builtin_documents
@@ -55,10 +54,10 @@ def straight_runs(tmp_path_factory):
     return run
 
 
-@pytest.fixture(scope="module")
-def traced():
-    """tracemalloc on for a module's examples (NumPy reports its arrays to it): the fuzz tests
-    bound what reading a damaged file may allocate (tests/fuzzing.py)."""
-    tracemalloc.start()
-    yield
-    tracemalloc.stop()
+def pytest_terminal_summary(terminalreporter):
+    """The fuzz tests' examples per format damaged, when any ran (the closing note quotes it)."""
+    if CASES:
+        terminalreporter.write_sep("-", "fuzz cases tried per format")
+        for fmt, count in sorted(CASES.items()):
+            terminalreporter.write_line(f"{count:>8,}  {fmt}")
+        terminalreporter.write_line(f"{CASES.total():>8,}  in all")

@@ -9,6 +9,8 @@ reading (tracemalloc sees both) stays within MEMORY_FACTOR times the files' size
 MEMORY_SLACK.
 
     fuzz_settings(n)      n examples under the ci profile, 20x under thorough; DEADLINE each
+    tried(fmt)            count an example against the format it damages: the session ends
+                          with the counts per format (tests/conftest.py prints CASES)
     attempt(read, ...)    run a reader once: (result, None) or (None, the error); memory checked
     damaged_bytes(data)   a strategy: data truncated, bit-flipped, overwritten or spliced
     mutated_json(doc)     a strategy: a JSON document with one field removed or given a
@@ -16,6 +18,7 @@ MEMORY_SLACK.
     damaged_safetensors_header(path)   a strategy: a safetensors file with a hostile header
 """
 
+import collections
 import datetime
 import json
 import struct
@@ -32,6 +35,12 @@ OBJECTS_FACTOR = 64
 MEMORY_SLACK = 256 * 1024  # messages, parsed JSON, the readers' own small tables
 
 CI_EXAMPLES = settings.get_profile("ci").max_examples
+CASES = collections.Counter()  # examples run this session, per format damaged
+
+
+def tried(fmt):
+    """Count one example against `fmt` (every run of the test body, shrinking's included)."""
+    CASES[fmt] += 1
 
 
 def fuzz_settings(ci_examples):
@@ -44,15 +53,21 @@ def fuzz_settings(ci_examples):
 def attempt(read, error_type, file_bytes, factor=MEMORY_FACTOR):
     """Run `read()` once: (its result, None), or (None, the `error_type` it raised); any other
     exception propagates, failing the test. Asserts that the peak allocation stays within
-    `factor` times `file_bytes` plus MEMORY_SLACK (the `traced` fixture of conftest.py has
-    tracemalloc running)."""
+    `factor` times `file_bytes` plus MEMORY_SLACK. tracemalloc runs for the read alone: left
+    on, it would slow every import and every draw of the examples several times over."""
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
     tracemalloc.reset_peak()
     before = tracemalloc.get_traced_memory()[0]
     try:
         result, error = read(), None
     except error_type as err:
         result, error = None, err
-    peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        peak = tracemalloc.get_traced_memory()[1] - before
+        if started:
+            tracemalloc.stop()
     limit = factor * file_bytes + MEMORY_SLACK
     assert peak <= limit, f"reading {file_bytes} bytes allocated {peak} bytes (limit {limit})"
     if currently_in_test_context():  # a property's example, counted in its statistics

@@ -30,6 +30,7 @@ from fuzzing import (
     json_text,
     mutated_json,
     rewrite,
+    tried,
 )
 from hypothesis import event, given
 from hypothesis import strategies as st
@@ -49,8 +50,6 @@ from npgpt.training.windows import Position
 
 CFG = GPTConfig(vocab_size=11, context_length=4, emb_dim=8, n_heads=2, n_layers=1)
 NUM_WINDOWS = 8  # the training windows the resumed run has; the saved position lies inside
-
-pytestmark = pytest.mark.usefixtures("traced")
 
 
 def records(steps):
@@ -136,10 +135,11 @@ def state_paths(document):
     ]
 
 
-@fuzz_settings(ci_examples=150)
+@fuzz_settings(ci_examples=100)
 @given(data=st.data())
 def test_trainer_state_hostile(run_dir, data):
     """Every field missing, of the wrong type or out of range; the JSON truncated or damaged."""
+    tried("trainer_state.json")
     path = run_dir / "checkpoint" / STATE_FILE
     document = json.loads(path.read_text())
     text = st.one_of(
@@ -178,9 +178,10 @@ def damaged_moments(draw, path):
     return save(moments)
 
 
-@fuzz_settings(ci_examples=100)
+@fuzz_settings(ci_examples=60)
 @given(data=st.data())
 def test_optimizer_moments_damaged(run_dir, data):
+    tried("optimizer.safetensors")
     path = run_dir / "checkpoint" / OPTIMIZER_FILE
     with damaged(path, data.draw(damaged_moments(path))):
         resume_damaged(run_dir, path)
@@ -203,11 +204,12 @@ def torch_rng():
     return states, where
 
 
-@fuzz_settings(ci_examples=60)
+@fuzz_settings(ci_examples=50)
 @given(data=st.data())
 def test_torch_rng_state_hostile(torch_rng, data):
     """The torch backend restores the saved states, or says the trainer state is damaged. (No
     memory bound: torch's first seeding reads its own source into linecache, 400 kB.)"""
+    tried("RNG states (torch backend)")
     import torch
 
     from torchgpt.rng import restore_rng_states
@@ -293,12 +295,13 @@ def damaged_token_cache(draw, path, ids):
     return npy_of(array)
 
 
-@fuzz_settings(ci_examples=100)
+@fuzz_settings(ci_examples=60)
 @given(data=st.data())
 def test_token_cache_damaged(token_cache, data):
     """A damaged cache is re-made: the ids come out as if there were no cache, and the cache
     file is whole again. Bytes flipped inside the ids themselves can still spell GPT-2 ids,
     which no reader can tell from the true ones: those come out as ids of the right count."""
+    tried("token cache (.npy)")
     cache_dir, path, ids = token_cache
     original = path.read_bytes()
     damage = data.draw(damaged_token_cache(path, ids))

@@ -37,6 +37,7 @@ from fuzzing import (
     rewrite,
     safetensors_file,
     safetensors_parts,
+    tried,
 )
 from hf_files import write_hf_directory
 from hypothesis import event, given
@@ -58,8 +59,6 @@ CFG = GPTConfig(vocab_size=11, context_length=4, emb_dim=8, n_heads=2, n_layers=
 INDEX = "model.ckpt.index"
 DATA = "model.ckpt.data-00000-of-00001"
 FORMATS = ("npgpt", "hf", "pytorch", "openai")
-
-pytestmark = pytest.mark.usefixtures("traced")
 
 
 class Pristine:
@@ -112,7 +111,9 @@ def checkpoint_bytes(directory):
 
 def load_damaged(pristine, fmt, *names, exact=False, reader="numpy"):
     """Load the (damaged) checkpoint of `fmt` under the contract; a refusal must name one of
-    `names`; a success must give the original names, shapes, dtypes (and bytes, if `exact`)."""
+    `names`; a success must give the original names, shapes, dtypes (and bytes, if `exact`),
+    and the original config but for the numbers no weight's shape depends on: a damaged
+    config.json can still spell a valid dropout rate or LayerNorm epsilon, undetectably."""
     directory, params = pristine.dirs[fmt], pristine.params
     read = lambda: npgpt.load(directory, dtype=None, tf_reader=reader)  # noqa: E731
     loaded, error = attempt(read, CheckpointError, checkpoint_bytes(directory))
@@ -120,7 +121,8 @@ def load_damaged(pristine, fmt, *names, exact=False, reader="numpy"):
         assert_names(error, *names)
         return
     config, loaded_params = loaded
-    assert config == CFG and list(loaded_params) == list(params)
+    assert config.replace(drop_rate=CFG.drop_rate, ln_eps=CFG.ln_eps) == CFG
+    assert list(loaded_params) == list(params)
     for name, value in params.items():
         assert (loaded_params[name].shape, loaded_params[name].dtype) == (value.shape, value.dtype)
         if exact:
@@ -130,17 +132,19 @@ def load_damaged(pristine, fmt, *names, exact=False, reader="numpy"):
 # --- safetensors: npgpt's checkpoint and Hugging Face's ---------------------------------------
 
 
-@fuzz_settings(ci_examples=150)
+@fuzz_settings(ci_examples=100)
 @given(fmt=st.sampled_from(["npgpt", "hf"]), data=st.data())
 def test_safetensors_damaged_anywhere(pristine, fmt, data):
+    tried("model.safetensors (npgpt, Hugging Face)")
     path = pristine.dirs[fmt] / "model.safetensors"
     with damaged(path, data.draw(damaged_bytes(path.read_bytes()))):
         load_damaged(pristine, fmt, path)
 
 
-@fuzz_settings(ci_examples=150)
+@fuzz_settings(ci_examples=100)
 @given(fmt=st.sampled_from(["npgpt", "hf"]), data=st.data())
 def test_safetensors_hostile_header(pristine, fmt, data):
+    tried("model.safetensors (npgpt, Hugging Face)")
     path = pristine.dirs[fmt] / "model.safetensors"
     with damaged(path, data.draw(damaged_safetensors_header(path))):
         load_damaged(pristine, fmt, path)
@@ -167,9 +171,10 @@ def damaged_config(draw, path):
     return draw(damaged_bytes(path.read_bytes()))
 
 
-@fuzz_settings(ci_examples=150)
+@fuzz_settings(ci_examples=100)
 @given(fmt=st.sampled_from(["npgpt", "pytorch"]), data=st.data())
 def test_config_json_hostile(pristine, fmt, data):
+    tried("config.json")
     directory = pristine.dirs[fmt]
     path = directory / "config.json"
     weights = "model.safetensors" if fmt == "npgpt" else "pytorch_model.bin"
@@ -180,9 +185,10 @@ def test_config_json_hostile(pristine, fmt, data):
 # --- pytorch_model.bin ---------------------------------------------------------------------------
 
 
-@fuzz_settings(ci_examples=100)
+@fuzz_settings(ci_examples=50)
 @given(data=st.data())
 def test_pytorch_bin_damaged_anywhere(pristine, data):
+    tried("pytorch_model.bin")
     path = pristine.dirs["pytorch"] / "pytorch_model.bin"
     with damaged(path, data.draw(damaged_bytes(path.read_bytes()))):
         load_damaged(pristine, "pytorch", path)
@@ -201,9 +207,10 @@ def with_pickle(path, damage):
     return out.getvalue()
 
 
-@fuzz_settings(ci_examples=100)
+@fuzz_settings(ci_examples=50)
 @given(data=st.data())
 def test_pytorch_bin_damaged_pickle(pristine, data):
+    tried("pytorch_model.bin")
     path = pristine.dirs["pytorch"] / "pytorch_model.bin"
     with damaged(path, with_pickle(path, lambda pickled: data.draw(damaged_bytes(pickled)))):
         load_damaged(pristine, "pytorch", path)
@@ -298,17 +305,19 @@ def damaged_entry(draw, table):
     return tf_bundle.table_bytes(entries)
 
 
-@fuzz_settings(ci_examples=60)
+@fuzz_settings(ci_examples=50)
 @given(data=st.data())
 def test_openai_index_damaged_anywhere(pristine, data):
+    tried("tensor bundle .index")
     path = pristine.dirs["openai"] / INDEX
     with damaged(path, data.draw(damaged_bytes(path.read_bytes()))):
         load_damaged(pristine, "openai", pristine.dirs["openai"], exact=True)
 
 
-@fuzz_settings(ci_examples=60)
+@fuzz_settings(ci_examples=50)
 @given(data=st.data())
 def test_openai_index_damaged_block(pristine, data):
+    tried("tensor bundle .index")
     path = pristine.dirs["openai"] / INDEX
     with damaged(path, data.draw(damaged_block(path.read_bytes()))):
         load_damaged(pristine, "openai", pristine.dirs["openai"], exact=True)
@@ -317,6 +326,7 @@ def test_openai_index_damaged_block(pristine, data):
 @fuzz_settings(ci_examples=60)
 @given(data=st.data())
 def test_openai_index_lying_entries(pristine, data):
+    tried("tensor bundle .index")
     path = pristine.dirs["openai"] / INDEX
     with damaged(path, data.draw(damaged_entry(pristine.table))):
         load_damaged(pristine, "openai", pristine.dirs["openai"], exact=True)
@@ -325,6 +335,7 @@ def test_openai_index_lying_entries(pristine, data):
 @fuzz_settings(ci_examples=40)
 @given(data=st.data())
 def test_openai_data_damaged(pristine, data):
+    tried("tensor bundle .data (damaged or missing)")
     path = pristine.dirs["openai"] / DATA
     damage = data.draw(st.none() | damaged_bytes(path.read_bytes()))  # None: the shard is missing
     with damaged(path, damage):
@@ -334,6 +345,7 @@ def test_openai_data_damaged(pristine, data):
 @fuzz_settings(ci_examples=60)
 @given(name=st.sampled_from(["hparams.json", "checkpoint"]), data=st.data())
 def test_openai_hparams_and_checkpoint_file_damaged(pristine, name, data):
+    tried(f"{name} (OpenAI)")
     path = pristine.dirs["openai"] / name
     kinds = [damaged_bytes(path.read_bytes())]
     if name == "hparams.json":
@@ -352,6 +364,7 @@ def test_tensorflow_reader_damaged(pristine, name, data):
     same contract; its C++ allocations are outside tracemalloc's view, so the memory bound
     says little here, the rest of the contract all."""
     pytest.importorskip("tensorflow")  # imported already, by `pristine`, when installed
+    tried("tensor bundle, through TensorFlow's reader")
     path = pristine.dirs["openai"] / name
     with damaged(path, data.draw(damaged_bytes(path.read_bytes()))):
         load_damaged(pristine, "openai", pristine.dirs["openai"], reader="tensorflow")
@@ -367,10 +380,11 @@ FILES = {
 }
 
 
-@fuzz_settings(ci_examples=60)
+@fuzz_settings(ci_examples=40)
 @given(fmt=st.sampled_from(FORMATS), data=st.data())
 def test_cli_says_one_line(pristine, fmt, data):
     """`info` on a damaged checkpoint: its description (exit 0), or one line and exit 1."""
+    tried("command line: info on a damaged checkpoint")
     path = pristine.dirs[fmt] / data.draw(st.sampled_from(FILES[fmt]))
     with damaged(path, data.draw(damaged_bytes(path.read_bytes()))):
         with warnings.catch_warnings(record=True) as caught:  # a warning is a line too

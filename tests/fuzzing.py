@@ -51,10 +51,24 @@ def fuzz_settings(ci_examples):
 
 
 def attempt(read, error_type, file_bytes, factor=MEMORY_FACTOR):
-    """Run `read()` once: (its result, None), or (None, the `error_type` it raised); any other
+    """Run `read()`: (its result, None), or (None, the `error_type` it raised); any other
     exception propagates, failing the test. Asserts that the peak allocation stays within
-    `factor` times `file_bytes` plus MEMORY_SLACK. tracemalloc runs for the read alone: left
-    on, it would slow every import and every draw of the examples several times over."""
+    `factor` times `file_bytes` plus MEMORY_SLACK. A read over the bound is measured once more:
+    the first read to take a path may import a module there (torch's legacy loader imports
+    tarfile: 350 kB), which is no cost of the file's."""
+    result, error, peak = measured(read, error_type)
+    limit = factor * file_bytes + MEMORY_SLACK
+    if peak > limit:
+        result, error, peak = measured(read, error_type)
+    assert peak <= limit, f"reading {file_bytes} bytes allocated {peak} bytes (limit {limit})"
+    if currently_in_test_context():  # a property's example, counted in its statistics
+        event("refused" if error else "read")
+    return result, error
+
+
+def measured(read, error_type):
+    """(result, error, the peak of what Python and NumPy allocated meanwhile). tracemalloc
+    runs for the read alone: left on, it slows every import and draw several times over."""
     started = not tracemalloc.is_tracing()
     if started:
         tracemalloc.start()
@@ -68,11 +82,7 @@ def attempt(read, error_type, file_bytes, factor=MEMORY_FACTOR):
         peak = tracemalloc.get_traced_memory()[1] - before
         if started:
             tracemalloc.stop()
-    limit = factor * file_bytes + MEMORY_SLACK
-    assert peak <= limit, f"reading {file_bytes} bytes allocated {peak} bytes (limit {limit})"
-    if currently_in_test_context():  # a property's example, counted in its statistics
-        event("refused" if error else "read")
-    return result, error
+    return result, error, peak
 
 
 def assert_names(error, *paths):

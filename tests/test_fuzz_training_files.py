@@ -10,6 +10,11 @@ cannot be told from ids, holds GPT-2 ids of the right count): never an exception
 used when it is not whole.
 
 The fixed examples at the end are the bugs the fuzzing found, each kept as a regression test.
+
+Still to come: the prepared-corpus manifest (`manifest.json` and its shards, read by
+`npgpt.training.shards.open_prepared`, which raises DataError; branch corpus2). Its property
+belongs here, on a directory that `prepare` wrote, damaged with `damaged_bytes` and
+`mutated_json` and read under `attempt`, its examples counted as `tried("prepared corpus")`.
 """
 
 import io
@@ -299,8 +304,9 @@ def damaged_token_cache(draw, path, ids):
 @given(data=st.data())
 def test_token_cache_damaged(token_cache, data):
     """A damaged cache is re-made: the ids come out as if there were no cache, and the cache
-    file is whole again. Bytes flipped inside the ids themselves can still spell GPT-2 ids,
-    which no reader can tell from the true ones: those come out as ids of the right count."""
+    file is whole again. Damage that leaves a whole .npy of GPT-2 ids (bytes flipped inside
+    the ids, say, or a space in the header made a tab) cannot be told from a true cache: then
+    the ids are exactly the file's."""
     tried("token cache (.npy)")
     cache_dir, path, ids = token_cache
     original = path.read_bytes()
@@ -310,13 +316,11 @@ def test_token_cache_damaged(token_cache, data):
         got, _ = attempt(
             lambda: corpus.token_ids(DOCUMENTS, cache_dir), (), len(damage) + ids.nbytes
         )
-        header_bytes = len(original) - ids.nbytes
-        ids_only = len(damage) == len(original) and damage[:header_bytes] == original[:header_bytes]
-        if ids_only and not np.array_equal(got, ids):
-            event("token cache: damaged ids that are still ids")
-            assert got.dtype == np.uint16 and got.shape == ids.shape and got.max() <= EOT_ID
-        else:
-            assert np.array_equal(got, ids) and got.dtype == np.uint16
+        assert got.dtype == np.uint16 and got.ndim == 1
+        if not np.array_equal(got, ids):
+            event("token cache: damage that spells other ids")
+            stored = np.load(io.BytesIO(damage), allow_pickle=False)
+            assert np.array_equal(stored, got) and got.max() <= EOT_ID
         assert np.array_equal(corpus.read_token_cache(path), got)  # what is cached is whole
     finally:
         rewrite(path, original)
@@ -351,6 +355,9 @@ STATE_DAMAGE = {
     "rng out of range": lambda s: s | {"rng": s["rng"] | {"state": {"state": -1, "inc": 1}}},
     "settings not an object": lambda s: s | {"settings": []},
     "a setting out of range": lambda s: s | {"settings": s["settings"] | {"batch_size": -2}},
+    "a negative seed (NumPy's ValueError, before)": lambda s: (
+        s | {"settings": s["settings"] | {"seed": -1}}
+    ),
     "not an object": lambda s: [s],
 }
 
@@ -383,6 +390,15 @@ def test_moments_of_an_integer_dtype_are_refused(run_dir):
         expected = r"of the wrong shape or dtype: exp_avg.ln_f.bias: \(8,\) int32"
         with pytest.raises(TrainError, match=expected):
             resume(run_dir)
+
+
+def test_torch_rng_state_that_is_not_an_object_is_refused(torch_rng):
+    """A number where the RNG states belong raised AttributeError ('int' has no 'get')."""
+    from torchgpt.rng import restore_rng_states
+
+    _, where = torch_rng
+    with pytest.raises(TrainError, match=r"rng \(trainer_state.json\) is not an object"):
+        restore_rng_states(3, *where, seed=0, step=3)
 
 
 HUGE = "{'descr': '<u2', 'fortran_order': False, 'shape': (1099511627776,), }"

@@ -47,6 +47,7 @@ import cli
 import npgpt
 from npgpt.config import GPTConfig
 from npgpt.model import init_params
+from npgpt.names import param_shapes
 from npgpt.weights import tf_bundle
 from npgpt.weights.check import CheckpointError
 from npgpt.weights.crc32c import crc32c, mask
@@ -109,11 +110,12 @@ def checkpoint_bytes(directory):
     return sum(path.stat().st_size for path in directory.iterdir() if path.is_file())
 
 
-def load_damaged(pristine, fmt, *names, exact=False, reader="numpy"):
+def load_damaged(pristine, fmt, *names, exact=False, reader="numpy", config_damaged=False):
     """Load the (damaged) checkpoint of `fmt` under the contract; a refusal must name one of
     `names`; a success must give the original names, shapes, dtypes (and bytes, if `exact`),
-    and the original config but for the numbers no weight's shape depends on: a damaged
-    config.json can still spell a valid dropout rate or LayerNorm epsilon, undetectably."""
+    and the original config; but where the config file is the damaged one, a config of the
+    original's shapes: it can still spell a valid number of heads, dropout rate or LayerNorm
+    epsilon, which no reader can tell from the true one."""
     directory, params = pristine.dirs[fmt], pristine.params
     read = lambda: npgpt.load(directory, dtype=None, tf_reader=reader)  # noqa: E731
     loaded, error = attempt(read, CheckpointError, checkpoint_bytes(directory))
@@ -121,7 +123,7 @@ def load_damaged(pristine, fmt, *names, exact=False, reader="numpy"):
         assert_names(error, *names)
         return
     config, loaded_params = loaded
-    assert config.replace(drop_rate=CFG.drop_rate, ln_eps=CFG.ln_eps) == CFG
+    assert param_shapes(config) == param_shapes(CFG) if config_damaged else config == CFG
     assert list(loaded_params) == list(params)
     for name, value in params.items():
         assert (loaded_params[name].shape, loaded_params[name].dtype) == (value.shape, value.dtype)
@@ -179,7 +181,7 @@ def test_config_json_hostile(pristine, fmt, data):
     path = directory / "config.json"
     weights = "model.safetensors" if fmt == "npgpt" else "pytorch_model.bin"
     with damaged(path, data.draw(damaged_config(path))):
-        load_damaged(pristine, fmt, path, directory / weights)
+        load_damaged(pristine, fmt, path, directory / weights, config_damaged=True)
 
 
 # --- pytorch_model.bin ---------------------------------------------------------------------------
@@ -253,15 +255,18 @@ def damaged_block(draw, index):
 
 
 def encode_message(fields):
-    """A protobuf message from {number: [values]}: ints as varints (field 6, the CRC, as
-    fixed32 where it fits), bytes length-delimited."""
+    """A protobuf message from {number: [values]}: ints as varints (a negative one as its 64
+    bits, as protobuf writes an int64; field 6, the CRC, as fixed32 where it fits), bytes
+    length-delimited."""
     out = b""
     for number, values in fields.items():
         for value in values:
-            if number == 6 and isinstance(value, int) and value < 2**32:
+            if number == 6 and isinstance(value, int) and 0 <= value < 2**32:
                 out += tf_bundle.encode_varint(number << 3 | 5) + struct.pack("<I", value)
             else:
-                out += tf_bundle.proto_field(number, value)
+                out += tf_bundle.proto_field(
+                    number, value % 2**64 if isinstance(value, int) else value
+                )
     return out
 
 
@@ -354,7 +359,10 @@ def test_openai_hparams_and_checkpoint_file_damaged(pristine, name, data):
         huge = {**document, "n_layer": 10**9}
         kinds.append(st.just(json_text(huge).encode()))
     with damaged(path, data.draw(st.one_of(kinds))):
-        load_damaged(pristine, "openai", pristine.dirs["openai"], exact=True)
+        hparams = name == "hparams.json"
+        load_damaged(
+            pristine, "openai", pristine.dirs["openai"], exact=True, config_damaged=hparams
+        )
 
 
 @fuzz_settings(ci_examples=15)
@@ -610,3 +618,15 @@ def encode_raw_block(out, block):
     handle = tf_bundle.encode_varint(len(out)) + tf_bundle.encode_varint(len(block))
     out += block + b"\x00" + struct.pack("<I", mask(crc32c(block + b"\x00")))
     return handle
+
+
+def test_pytorch_bin_legacy_pickle_claiming_a_4_gib_string_is_refused(pristine, tmp_path):
+    """A .bin that is not a zip archive went to torch's legacy loader, which unpickled straight
+    from the file: a string's 4-byte length of 4 GiB made read(n) allocate 4 GiB (a byte of
+    the zip magic damaged: 263 kB, from a 10 kB file)."""
+    directory = copy_of(pristine, "pytorch", tmp_path)
+    path = directory / "pytorch_model.bin"
+    path.write_bytes(b"X" + struct.pack("<I", 2**32 - 1) + b"a few bytes")
+    read = lambda: npgpt.load(directory)  # noqa: E731
+    _, error = attempt(read, CheckpointError, checkpoint_bytes(directory))
+    assert f"{path}: not a readable PyTorch weights file" in str(error)

@@ -43,6 +43,8 @@ def restore_rng_states(states, ranks, device, scaler, seed, step):
     with another number of processes, has no torch state for this rank: its dropout then
     starts afresh from the seed, the step and the rank (the run continues, not bit for bit).
     A state that cannot be restored (a damaged trainer_state.json) is a TrainError."""
+    if not isinstance(states, dict | None):
+        raise TrainError("--resume: the checkpoint's rng (trainer_state.json) is not an object")
     try:
         restore_saved(states, ranks, device, scaler, seed, step)
     except (LookupError, TypeError, ValueError, OverflowError, RuntimeError) as err:

@@ -30,6 +30,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from npgpt import optim
+from npgpt.config import is_number
 from npgpt.training import metrics, snapshot
 from npgpt.training.backend import BackendState
 from npgpt.training.settings import TrainError, resolve_settings
@@ -90,10 +91,6 @@ def refuse_another_run(out, resume_dir):
 
 def is_count(value):
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def is_number(value):
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def is_record(record):

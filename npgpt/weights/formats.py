@@ -30,6 +30,7 @@ Traceback (most recent call last):
 npgpt.weights.check.CheckpointError: ...: neither a GPT-2 checkpoint directory ...
 """
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -49,6 +50,7 @@ RUN_CHECKPOINT_DIR = "checkpoint"  # a training run directory keeps its checkpoi
 HF_PREFIX = "transformer."
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # HF's causal-mask buffers, not weights
 TORCH_INSTALL_HINT = 'pip install -e ".[torch]"'
+ZIP_MAGIC = b"PK\x03\x04"  # how torch tells its zip format from a bare pickle
 # safetensors' dtypes that NumPy has; for the others safetensors fails in ways that depend on
 # what else is imported (ml_dtypes), so they are refused by name, said as NumPy would say them
 NUMPY_DTYPES = set("BOOL U8 I8 U16 I16 U32 I32 U64 I64 F16 F32 F64 C64".split())
@@ -140,11 +142,7 @@ def read_pytorch_bin(path):
             f"it to model.safetensors elsewhere"
         ) from None
     try:
-        with warnings.catch_warnings():
-            # torch warns of what looks odd in a pickle (an unusual protocol, say): a file it
-            # cannot read is refused below in one line, and one it can read needs no warning
-            warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = unpickled(path, torch)
     except Exception as err:  # torch reports bad files as RuntimeError, EOFError, pickle errors...
         detail = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
         raise CheckpointError(
@@ -169,6 +167,22 @@ def read_pytorch_bin(path):
             f"{Path(path).stat().st_size:,}; a weights file stores each tensor's numbers once"
         )
     return {key: tensor_to_numpy(value, key, path) for key, value in tensors.items()}
+
+
+def unpickled(path, torch):
+    """torch.load of `path`, weights only. A zip archive (what torch has saved since 1.6) is
+    opened in place: torch reads its pickle into memory. An older, bare pickle would be read
+    straight from the file, where a damaged string length (4 bytes) makes `read(n)` allocate
+    up to 4 GiB whatever the file's size; from a buffer of the file's bytes it gets what is
+    there."""
+    with open(path, "rb") as f:
+        zipped = f.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+    source = path if zipped else io.BytesIO(Path(path).read_bytes())
+    with warnings.catch_warnings():
+        # torch warns of what looks odd in a pickle (an unusual protocol, say): a file it
+        # cannot read is refused in one line, and one it can read needs no warning
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(source, map_location="cpu", weights_only=True)
 
 
 def tensor_to_numpy(tensor, key, path):

@@ -1,6 +1,7 @@
 """Every weights format `npgpt.load` reads, fuzzed: a valid checkpoint of each, written in the
 exact real format (npgpt.save; Hugging Face's prefixed safetensors; pytorch_model.bin through
-torch.save; OpenAI's TensorFlow release through save_openai), damaged, then loaded.
+torch.save, as a zip archive and as the bare pickle of torch before 1.6; OpenAI's TensorFlow
+release through save_openai), damaged, then loaded.
 
 The contract (tests/fuzzing.py): the damaged checkpoint loads, or `npgpt.load` raises
 CheckpointError naming the file; nothing else, within the deadline and the memory bound. A
@@ -59,7 +60,7 @@ torch = pytest.importorskip("torch")
 CFG = GPTConfig(vocab_size=11, context_length=4, emb_dim=8, n_heads=2, n_layers=1)
 INDEX = "model.ckpt.index"
 DATA = "model.ckpt.data-00000-of-00001"
-FORMATS = ("npgpt", "hf", "pytorch", "openai")
+FORMATS = ("npgpt", "hf", "pytorch", "pytorch-legacy", "openai")
 
 
 class Pristine:
@@ -80,11 +81,12 @@ def pristine(tmp_path_factory):
     root = tmp_path_factory.mktemp("checkpoints")
     npgpt.save(root / "npgpt", CFG, params)
     write_hf_directory(root / "hf", CFG, params, lm_head=True)
-    (root / "pytorch").mkdir()
     tensors = {f"transformer.{name}": torch.from_numpy(value) for name, value in params.items()}
     tensors["lm_head.weight"] = tensors["transformer.wte.weight"]  # tied: one storage, as HF's
-    torch.save(tensors, root / "pytorch" / "pytorch_model.bin")
-    write_config(root / "pytorch" / "config.json", CFG)
+    for fmt, zipped in (("pytorch", True), ("pytorch-legacy", False)):  # legacy: torch < 1.6
+        (root / fmt).mkdir()
+        torch.save(tensors, root / fmt / "pytorch_model.bin", _use_new_zipfile_serialization=zipped)
+        write_config(root / fmt / "config.json", CFG)
     save_openai(root / "openai", CFG, params)
     dirs = {fmt: root / fmt for fmt in FORMATS}
     for directory in dirs.values():  # before the deadlines: imports, CRC tables, first loads
@@ -188,12 +190,13 @@ def test_config_json_hostile(pristine, fmt, data):
 
 
 @fuzz_settings(ci_examples=50)
-@given(data=st.data())
-def test_pytorch_bin_damaged_anywhere(pristine, data):
+@given(fmt=st.sampled_from(["pytorch", "pytorch-legacy"]), data=st.data())
+def test_pytorch_bin_damaged_anywhere(pristine, fmt, data):
+    """torch's zip archive, or the bare pickle that torch before 1.6 saved."""
     tried("pytorch_model.bin")
-    path = pristine.dirs["pytorch"] / "pytorch_model.bin"
+    path = pristine.dirs[fmt] / "pytorch_model.bin"
     with damaged(path, data.draw(damaged_bytes(path.read_bytes()))):
-        load_damaged(pristine, "pytorch", path)
+        load_damaged(pristine, fmt, path)
 
 
 def with_pickle(path, damage):
@@ -384,6 +387,7 @@ FILES = {
     "npgpt": ["model.safetensors", "config.json"],
     "hf": ["model.safetensors"],
     "pytorch": ["pytorch_model.bin"],
+    "pytorch-legacy": ["pytorch_model.bin"],
     "openai": [INDEX, DATA, "hparams.json"],
 }
 

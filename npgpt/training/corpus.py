@@ -14,6 +14,7 @@ into training examples.
 import glob
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,9 @@ def read_token_cache(path):
     1-D uint16 array of GPT-2 ids (a damaged file is re-made, never used). Memory-mapped
     first, so a header claiming 2**40 ids costs nothing before the file's size refutes it."""
     try:
-        ids = np.load(path, mmap_mode="r", allow_pickle=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # NumPy warns of a header np.save never writes
+            ids = np.load(path, mmap_mode="r", allow_pickle=False)
     # Truncated, not .npy, or objects; NumPy's header parser also lets out EOFError, SyntaxError
     # and tokenize.TokenError. Whatever it raises, a cache that cannot be read is re-made.
     except Exception:

@@ -36,6 +36,7 @@ def test_store_holds_the_ids_in_memory_mapped_shards(prepared):
     assert len(tokens) == len(ids) and len(tokens.shards) == -(-len(ids) // 50) > 3
     assert all(isinstance(shard, np.memmap) for shard in tokens.shards)
     assert tokens[np.arange(len(ids))].tolist() == ids.tolist()
+    assert shards.is_prepared(out_dir) and not shards.is_prepared(out_dir / "shard-00000.bin")
 
 
 def test_gathering_matches_numpy_indexing_across_shard_boundaries(prepared):

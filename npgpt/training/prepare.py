@@ -125,6 +125,7 @@ def prepare(
     paths = expand(inputs)
     check_out_dir(out_dir, paths)
     sources = check_sources(paths, text_field, block_bytes)
+    get_tokenizer()  # its files are checked (and it is built once) before anything is written
     header = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -180,11 +181,7 @@ def check_out_dir(out_dir, paths):
 
 
 def write_manifest(out_dir, manifest):
-    atomic_write_text(out_dir / MANIFEST_FILE, json_text(manifest))
-
-
-def json_text(manifest):
-    return json.dumps(manifest, indent=1) + "\n"
+    atomic_write_text(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
 
 
 def start_manifest(out_dir, header):
@@ -212,8 +209,10 @@ def start_manifest(out_dir, header):
 
 def encode_piece(piece):
     """A piece's ids, after the <|endoftext|> that separates it from the document before."""
-    ids = get_tokenizer().encode_ordinary(piece.text)
-    ids = np.array(ids, dtype=TOKEN_DTYPE)
+    # encode_ordinary's ids, without its list of Python ints: with nothing allowed as special,
+    # "<|endoftext|>" in the text is encoded as text, and nothing is disallowed (no check)
+    ids = get_tokenizer().encode_to_numpy(piece.text, allowed_special=set(), disallowed_special=())
+    ids = ids.astype(TOKEN_DTYPE)
     return np.concatenate([EOT, ids]) if piece.eot_before else ids
 
 

@@ -119,6 +119,11 @@ def check_manifest(directory, manifest):
         )
 
 
+def is_prepared(path):
+    """Whether `path` is a directory that prepare wrote into (it holds a manifest)."""
+    return (Path(path) / MANIFEST_FILE).is_file()
+
+
 class Prepared(NamedTuple):
     """An opened prepared corpus."""
 

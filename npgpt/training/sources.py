@@ -81,7 +81,8 @@ class Piece(NamedTuple):
 
 
 def split_point(text):
-    """The last index i > 0 where text[:i] and text[i:] encode to the ids of text, or None."""
+    """The last index i > 0 where the rule above allows a cut, or None: text[:i] and text[i:]
+    then encode to the ids of text."""
     match = CUT_BACKWARDS.search(text[-SEARCH_BACK:][::-1])
     if match is None and len(text) > SEARCH_BACK:
         match = CUT_BACKWARDS.search(text[::-1])

@@ -159,6 +159,38 @@ def test_a_failed_prepare_keeps_good_shards_and_remakes_altered_ones(tmp_path, m
     assert shards[0].stat().st_ino == first_inode  # kept, not rewritten
 
 
+def line_at(data, offset):
+    return json.loads(data[offset:].split(b"\n", 1)[0])["text"]
+
+
+def test_json_lines_resume_inside_a_line(tmp_path, monkeypatch):
+    lines = [{"text": f"Line {i}: " + "word " * (i % 7)} for i in range(120)]
+    (tmp_path / "a.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
+    (tmp_path / "b.txt").write_text("and a text file after it")
+    inputs = [str(tmp_path / "a.jsonl"), str(tmp_path / "b.txt")]
+    settings = {"shard_tokens": 37, "block_bytes": 64, "progress": False, "workers": 1}
+    prepare.prepare(inputs, tmp_path / "clean", **settings)
+    encode_piece = prepare.encode_piece
+    monkeypatch.setattr(
+        prepare, "encode_piece", lambda p: encode_piece(p) if p.offset < 2000 else 1 / 0
+    )
+    with pytest.raises(ZeroDivisionError):
+        prepare.prepare(inputs, tmp_path / "out", **settings)
+    monkeypatch.undo()
+    shards = json.loads((tmp_path / "out" / "manifest.json").read_text())["shards"]
+    data = (tmp_path / "a.jsonl").read_bytes()
+    inside = [
+        shard["end"]
+        for shard in shards
+        if shard["end"]["skip"] < len(joined_ids(["", line_at(data, shard["end"]["offset"])]))
+    ]
+    assert len(shards) >= 3 and inside  # shards that end inside a line's ids
+    prepare.prepare(inputs, tmp_path / "out", **settings)
+    assert snapshot(tmp_path / "out") == snapshot(tmp_path / "clean")
+    documents = [line["text"] for line in lines] + ["and a text file after it"]
+    assert all_ids(tmp_path / "out") == joined_ids(documents)
+
+
 def test_changed_inputs_start_over(tmp_path):
     write_corpus(tmp_path / "in")
     inputs = [str(tmp_path / "in" / "*.txt")]

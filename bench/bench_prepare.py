@@ -32,6 +32,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -169,8 +170,11 @@ JOBS = {"loop": job_loop, "pool": job_pool, "prepare": job_prepare, "windows": j
 
 def run_job(name, **kwargs):
     """Run JOBS[name](**kwargs) in a fresh Python; its result with its peak RSS in MB."""
-    command = [sys.executable, __file__, "--job", name, json.dumps(kwargs)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as arguments:
+        json.dump(kwargs, arguments)  # a file: thousands of paths overflow a command line
+        arguments.flush()
+        command = [sys.executable, __file__, "--job", name, arguments.name]
+        done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"job {name} failed:\n{done.stderr}")
     return json.loads(done.stdout.splitlines()[-1])
@@ -285,7 +289,7 @@ def main():
     parser.add_argument("--job", default=None, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.job:
-        result = JOBS[args.job](**json.loads(rest[0]))
+        result = JOBS[args.job](**json.loads(Path(rest[0]).read_text()))
         print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
         return
     root = Path(args.dir)

@@ -157,12 +157,21 @@ def job_windows(out):
     corpus = open_prepared(out)
     hashed = time.perf_counter() - start
     train, _ = data.split(corpus.tokens, CONTEXT, CONTEXT, corpus.val_fraction, corpus.source)
-    position, checksum = data.Position(), 0
+    opened = peak_rss_mb()
+    steps, position = [], data.Position()
     for _ in range(WINDOW_STEPS):
         indices, position = data.next_indices(len(train), BATCH, 0, position)
-        x, y = train.batch(indices)
-        checksum += int(x.sum())
-    return {"open_size_check": size_check, "open_sha256": hashed, "checksum": checksum}
+        steps.append(indices)
+    chosen = peak_rss_mb()
+    checksum = sum(int(train.batch(indices)[0].sum()) for indices in steps)
+    return {
+        "open_size_check": size_check,
+        "open_sha256": hashed,
+        "windows": len(train),
+        "rss_opened": opened,
+        "rss_chosen": chosen,
+        "checksum": checksum,
+    }
 
 
 JOBS = {"loop": job_loop, "pool": job_pool, "prepare": job_prepare, "windows": job_windows}
@@ -259,13 +268,18 @@ def memory_section(paths, small_paths, work):
     small_mb = sum(p.stat().st_size for p in small_paths) / MB
     difference = big["peak_rss_mb"] - small["peak_rss_mb"]
     print(
-        f"\nreading the windows of {WINDOW_STEPS} steps (B={BATCH}, T={CONTEXT}): peak RSS "
-        f"{big['peak_rss_mb']:.0f} MB from the whole corpus, {small['peak_rss_mb']:.0f} MB "
-        f"from {small_mb:.0f} MB of it"
+        f"\nreading the windows of {WINDOW_STEPS} steps (B={BATCH}, T={CONTEXT}), peak RSS in MB:"
     )
+    print("  store                      windows   opened  indices chosen  batches gathered")
+    for name, job in [("whole corpus", big), (f"{small_mb:.0f} MB of it", small)]:
+        print(
+            f"  {name:24s} {job['windows']:>10,} {job['rss_opened']:8.0f} "
+            f"{job['rss_chosen']:15.0f} {job['peak_rss_mb']:17.0f}"
+        )
     print(
         f"  difference {difference:+.0f} MB (target within 100 MB: "
-        f"{verdict(abs(difference) < 100)})"
+        f"{verdict(abs(difference) < 100)}); the indices are data.next_indices' permutation "
+        f"of every window"
     )
 
 

@@ -47,7 +47,7 @@ MANIFEST_FILE = "manifest.json"
 FORMAT = "npgpt-token-shards"
 FORMAT_VERSION = 1
 TOKEN_DTYPE = np.dtype("<u2")  # GPT-2's 50257 ids fit in 16 bits; little-endian on every host
-HASH_BLOCK = 1 << 23
+HASH_BLOCK = 1 << 20
 
 
 def shard_name(index):

@@ -13,6 +13,8 @@ measured in a fresh subprocess (so peak resident memory is the measured job's ow
       prepare                npgpt.training.prepare (threads)     target >= 1.8x loop on 2
                                                                    cores, and >= the pool
       prepare on processes   the same pipeline with processes instead of threads
+    (with tokens per CPU second, and cores busy = CPU seconds / wall seconds: on a machine that
+    other work keeps busy, a job gets only its share of the cores, and the speed-ups cannot show)
     prepare on the whole corpus: tokens/s and peak RSS            target < 500 MB
     opening the store: the size check alone, and with every shard's sha256
     reading windows: peak RSS of the batches of 20 training steps (B = 16, T = 64, the tiny
@@ -29,6 +31,7 @@ import json
 import multiprocessing
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -90,19 +93,39 @@ def peak_rss_mb():
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
 
 
+def cpu_seconds():
+    """CPU time of this process and of its children that have ended (a pool's workers)."""
+    own, children = (
+        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(job, *args, **kwargs):
+    """job(...)'s result, with the wall-clock and CPU seconds it took."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    result = job(*args, **kwargs)
+    return {**result, "seconds": time.perf_counter() - wall, "cpu_seconds": cpu_seconds() - cpu}
+
+
 def job_loop(files):
+    from npgpt.tokenizer import get_tokenizer
+
+    get_tokenizer()
+    return timed(loop_ids, files)
+
+
+def loop_ids(files):
+    """Today's path: one list of every document's ids, then an array."""
     from npgpt.tokenizer import EOT_ID, get_tokenizer
 
-    tok = get_tokenizer()
-    start = time.perf_counter()
-    ids = []
+    tok, ids = get_tokenizer(), []
     for i, path in enumerate(files):
         if i:
             ids.append(EOT_ID)
         ids += tok.encode_ordinary(Path(path).read_text(encoding="utf-8"))
     ids = np.array(ids, dtype=np.uint16)
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "tokens": len(ids), "sha256": hashlib.sha256(ids).hexdigest()}
+    return {"tokens": len(ids), "sha256": hashlib.sha256(ids).hexdigest()}
 
 
 def encode_document(text):
@@ -112,11 +135,17 @@ def encode_document(text):
 
 
 def job_pool(files, out):
-    from npgpt.tokenizer import EOT_ID, get_tokenizer
+    from npgpt.tokenizer import get_tokenizer
 
     get_tokenizer()  # built before the fork, so every worker has it
+    return timed(pool_ids, files, out)
+
+
+def pool_ids(files, out):
+    """The usual prepare script: a pool of encoders, a document a task, ids written in order."""
+    from npgpt.tokenizer import EOT_ID
+
     texts = (Path(path).read_text(encoding="utf-8") for path in files)
-    start = time.perf_counter()
     digest, tokens = hashlib.sha256(), 0
     with open(out, "wb") as f, multiprocessing.Pool(os.cpu_count()) as pool:
         for i, ids in enumerate(pool.imap(encode_document, texts)):
@@ -125,7 +154,9 @@ def job_pool(files, out):
             f.write(ids.tobytes())
             digest.update(ids)
             tokens += len(ids)
-    return {"seconds": time.perf_counter() - start, "tokens": tokens, "sha256": digest.hexdigest()}
+        pool.close()
+        pool.join()  # so the workers' CPU time is counted
+    return {"tokens": tokens, "sha256": digest.hexdigest()}
 
 
 def job_prepare(files, out, processes=False):
@@ -137,13 +168,12 @@ def job_prepare(files, out, processes=False):
 
         prepare.ThreadPoolExecutor = ProcessPoolExecutor  # the alternative measured, not used
     get_tokenizer()
-    start = time.perf_counter()
-    manifest = prepare.prepare(files, out, progress=False)
-    seconds = time.perf_counter() - start
+    result = timed(lambda: {"manifest": prepare.prepare(files, out, progress=False)})
+    manifest = result.pop("manifest")
     digest = hashlib.sha256()
     for entry in manifest["shards"]:
         digest.update((Path(out) / entry["file"]).read_bytes())
-    return {"seconds": seconds, "tokens": manifest["tokens"], "sha256": digest.hexdigest()}
+    return {**result, "tokens": manifest["tokens"], "sha256": digest.hexdigest()}
 
 
 def job_windows(out):
@@ -228,10 +258,16 @@ def speed_section(paths, work, repeats):
     print(f"  the same ids from every job: {'yes' if same else 'NO'})")
     rates = {name: r["tokens"] / r["seconds"] for name, r in results.items()}
     loop, pool = list(rates.values())[:2]
+    print(
+        f"  {'':32s} {'M tok/s':>7s} {'x loop':>7s} {'x pool':>7s} {'M tok/CPU s':>12s} "
+        f"{'cores busy':>11s}"
+    )
     for name, rate in rates.items():
+        result = results[name]
         print(
-            f"  {name:32s} {rate / 1e6:6.2f} M tok/s  {rate / loop:5.2f}x loop  "
-            f"{rate / pool:5.2f}x pool"
+            f"  {name:32s} {rate / 1e6:7.2f} {rate / loop:7.2f} {rate / pool:7.2f} "
+            f"{result['tokens'] / result['cpu_seconds'] / 1e6:12.2f} "
+            f"{result['cpu_seconds'] / result['seconds']:11.2f}"
         )
     threads = list(rates.values())[2]
     print(

@@ -1,6 +1,6 @@
 """Preparing a corpus larger than memory: speed of `prepare` against its peers, and memory.
 
-Generates (once, cached under /tmp) a corpus of --corpus-mb of text files made from Python's
+Generates (once, cached under /tmp) a corpus of --size MB of text files made from Python's
 help topics (`pydoc_data.topics`): spans of their words, shuffled, with 8% of the words swapped
 for random others, in documents of 4 KB to 2 MB plus one document of up to 64 MB. Then, each
 measured in a fresh subprocess (so peak resident memory is the measured job's own):
@@ -16,13 +16,14 @@ measured in a fresh subprocess (so peak resident memory is the measured job's ow
     (with tokens per CPU second, and cores busy = CPU seconds / wall seconds: on a machine that
     other work keeps busy, a job gets only its share of the cores, and the speed-ups cannot show)
     prepare on the whole corpus: tokens/s and peak RSS            target < 500 MB
-    opening the store: the size check alone, and with every shard's sha256
-    reading windows: peak RSS of the batches of 20 training steps (B = 16, T = 64, the tiny
-    preset's) from the whole corpus's store and from a 10 MB one   target within 100 MB
+    opening the prepared corpus: the size check alone, and with every shard's sha256
+    training: peak RSS of a process that opens the prepared corpus and trains the default tiny
+    preset (numpy, B = 16, T = 64) for 20 steps, on the whole corpus and on 10 MB of it
+                                                                   target within 100 MB
 
-Usage: python bench/bench_prepare.py [--corpus-mb 1000] [--speed-mb 128] [--repeats 2]
+Usage: python bench/bench_prepare.py [--size 1000] [--speed-mb 128] [--repeats 2]
                                     [--dir /tmp/npgpt-bench-prepare]
-       (a quick run: --corpus-mb 40 --speed-mb 10 --repeats 1)
+       (a quick run: --size 50 --speed-mb 10 --repeats 1)
 """
 
 import argparse
@@ -42,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 MB = 1 << 20
-WINDOW_STEPS, BATCH, CONTEXT = 20, 16, 64
+TRAIN_STEPS = 20  # of the default tiny preset: B = 16 windows of T = 64 tokens
 
 
 # ---- the corpus ----------------------------------------------------------------------------
@@ -176,35 +177,38 @@ def job_prepare(files, out, processes=False):
     return {**result, "tokens": manifest["tokens"], "sha256": digest.hexdigest()}
 
 
-def job_windows(out):
-    from npgpt.training import data
-    from npgpt.training.shards import open_prepared
+def job_train(out, run):
+    """Open the prepared corpus (sizes only; every sha256, as on a first open), then train the
+    default tiny model for TRAIN_STEPS steps on it: the peak RSS of a real run's start."""
+    from npgpt.training.backend import NumpyBackend
+    from npgpt.training.loop import train
+    from npgpt.training.settings import resolve_settings
+    from npgpt.training.shards import VERIFIED_FILE, open_prepared
 
     start = time.perf_counter()
     open_prepared(out, verify=False)
     size_check = time.perf_counter() - start
+    (Path(out) / VERIFIED_FILE).unlink(missing_ok=True)
     start = time.perf_counter()
-    corpus = open_prepared(out)
+    open_prepared(out)
     hashed = time.perf_counter() - start
-    train, _ = data.split(corpus.tokens, CONTEXT, CONTEXT, corpus.val_fraction, corpus.source)
     opened = peak_rss_mb()
-    steps, position = [], data.Position()
-    for _ in range(WINDOW_STEPS):
-        indices, position = data.next_indices(len(train), BATCH, 0, position)
-        steps.append(indices)
-    chosen = peak_rss_mb()
-    checksum = sum(int(train.batch(indices)[0].sum()) for indices in steps)
+    settings = resolve_settings(
+        {"data": [out], "max_steps": TRAIN_STEPS, "eval_every": TRAIN_STEPS, "eval_batches": 1,
+         "sample_tokens": 0, "out": run}  # fmt: skip
+    )
+    start = time.perf_counter()
+    record = train(settings, NumpyBackend, progress=False)
     return {
         "open_size_check": size_check,
         "open_sha256": hashed,
-        "windows": len(train),
         "rss_opened": opened,
-        "rss_chosen": chosen,
-        "checksum": checksum,
+        "train_seconds": time.perf_counter() - start,
+        "val_loss": record["val_loss"],
     }
 
 
-JOBS = {"loop": job_loop, "pool": job_pool, "prepare": job_prepare, "windows": job_windows}
+JOBS = {"loop": job_loop, "pool": job_pool, "prepare": job_prepare, "train": job_train}
 
 
 def run_job(name, **kwargs):
@@ -294,28 +298,26 @@ def memory_section(paths, small_paths, work):
         f"{verdict(full['peak_rss_mb'] < 500)})"
     )
     run_job("prepare", files=small_files, out=str(work / "small"))
-    big = run_job("windows", out=str(work / "full"))
-    small = run_job("windows", out=str(work / "small"))
+    big = run_job("train", out=str(work / "full"), run=str(work / "run-full"))
+    small = run_job("train", out=str(work / "small"), run=str(work / "run-small"))
     shard_gb = full["tokens"] * 2 / 1e9
     print(
         f"\nopening the whole corpus ({shard_gb:.2f} GB of shards): size check "
-        f"{big['open_size_check']:.3f} s, with sha256 {big['open_sha256']:.2f} s"
+        f"{big['open_size_check']:.3f} s, with every sha256 (first open) {big['open_sha256']:.2f} s"
     )
     small_mb = sum(p.stat().st_size for p in small_paths) / MB
     difference = big["peak_rss_mb"] - small["peak_rss_mb"]
-    print(
-        f"\nreading the windows of {WINDOW_STEPS} steps (B={BATCH}, T={CONTEXT}), peak RSS in MB:"
-    )
-    print("  store                      windows   opened  indices chosen  batches gathered")
+    print(f"\nthe first {TRAIN_STEPS} training steps (tiny preset, numpy), peak RSS in MB:")
+    print("  prepared corpus          opened  after training  seconds  val loss")
     for name, job in [("whole corpus", big), (f"{small_mb:.0f} MB of it", small)]:
         print(
-            f"  {name:24s} {job['windows']:>10,} {job['rss_opened']:8.0f} "
-            f"{job['rss_chosen']:15.0f} {job['peak_rss_mb']:17.0f}"
+            f"  {name:22s} {job['rss_opened']:8.0f} {job['peak_rss_mb']:15.0f} "
+            f"{job['train_seconds']:8.1f} {job['val_loss']:9.3f}"
         )
     print(
         f"  difference {difference:+.0f} MB (target within 100 MB: "
-        f"{verdict(abs(difference) < 100)}); the indices are data.next_indices' permutation "
-        f"of every window"
+        f"{verdict(abs(difference) < 100)}); what grows with the corpus is the epoch's order "
+        f"of windows, 4 bytes a window"
     )
 
 
@@ -332,8 +334,8 @@ def first_files(files, limit):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus-mb", type=int, default=1000)
-    parser.add_argument("--speed-mb", type=int, default=128)
+    parser.add_argument("--size", type=int, default=1000, help="Corpus size in MB.")
+    parser.add_argument("--speed-mb", type=int, default=128, help="MB of it for the speed jobs.")
     parser.add_argument("--repeats", type=int, default=2, help="Runs of each speed job.")
     parser.add_argument("--dir", default="/tmp/npgpt-bench-prepare")
     parser.add_argument("--job", default=None, help=argparse.SUPPRESS)
@@ -344,7 +346,7 @@ def main():
         return
     root = Path(args.dir)
     start = time.perf_counter()
-    files = make_corpus(root / f"corpus-{args.corpus_mb}mb", args.corpus_mb * MB)
+    files = make_corpus(root / f"corpus-{args.size}mb", args.size * MB)
     size = sum(f.stat().st_size for f in files)
     print(
         f"corpus: {size / MB:.0f} MB in {len(files)} files (one document of "

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from npgpt.tokenizer import EOT_ID, get_tokenizer
-from npgpt.training import data, prepare
-from npgpt.training.data import DataError
+from npgpt.training import corpus, prepare, windows
+from npgpt.training.corpus import DataError
 from npgpt.training.shards import open_prepared
 
 SMALL = {"shard_tokens": 700, "block_bytes": 512, "progress": False}  # many shards and pieces
@@ -58,7 +58,7 @@ def test_ids_are_each_documents_encoding_joined_by_endoftext(tmp_path):
     manifest = prepare.prepare([str(tmp_path / "in" / "*.txt")], tmp_path / "out", **SMALL)
     expected = joined_ids(documents)
     assert all_ids(tmp_path / "out") == expected
-    assert expected == data.encode_documents(documents).tolist()  # the in-memory path's ids
+    assert expected == corpus.encode_documents(documents).tolist()  # the in-memory path's ids
     assert manifest["tokens"] == len(expected) and manifest["documents"] == len(documents)
     assert len(manifest["shards"]) == -(-len(expected) // 700)
     assert all(entry["tokens"] == 700 for entry in manifest["shards"][:-1])
@@ -207,8 +207,8 @@ def test_the_split_is_the_last_val_fraction_of_the_tokens(tmp_path):
     manifest = prepare.prepare(
         [str(tmp_path / "in" / "*.txt")], tmp_path / "out", val_fraction=0.25, **SMALL
     )
-    corpus = open_prepared(tmp_path / "out")
-    train, val = data.split(corpus.tokens, 16, 16, corpus.val_fraction, corpus.source)
+    prepared = open_prepared(tmp_path / "out")
+    train, val = windows.split(prepared.tokens, 16, 16, prepared.val_fraction, prepared.source)
     split = manifest["split"]
     assert split["val_fraction"] == 0.25
     assert (len(train.ids), len(val.ids)) == (split["train_tokens"], split["val_tokens"])

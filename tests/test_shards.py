@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from npgpt.training import data, shards
-from npgpt.training.data import DataError
+from npgpt.training import corpus, shards, windows
+from npgpt.training.corpus import DataError
 from npgpt.training.prepare import prepare
 
 
@@ -18,7 +18,7 @@ def prepared(tmp_path_factory):
     for i, text in enumerate(documents):
         (folder / f"{i}.txt").write_text(text)
     prepare([str(folder / "*.txt")], folder / "out", shard_tokens=50, progress=False)
-    ids = data.encode_documents(documents)
+    ids = corpus.encode_documents(documents)
     return folder / "out", ids
 
 
@@ -67,9 +67,9 @@ def test_bad_positions_are_refused(prepared):
 @pytest.mark.parametrize(("T", "stride"), [(8, 8), (16, 5), (31, 40)])
 def test_windows_from_the_store_equal_windows_from_the_array(prepared, T, stride):
     out_dir, ids = prepared
-    corpus = shards.open_prepared(out_dir)
-    from_store = data.split(corpus.tokens, T, stride, corpus.val_fraction, corpus.source)
-    from_array = data.split(ids, T, stride, corpus.val_fraction, "array")
+    prepared = shards.open_prepared(out_dir)
+    from_store = windows.split(prepared.tokens, T, stride, prepared.val_fraction, "store")
+    from_array = windows.split(ids, T, stride, prepared.val_fraction, "array")
     for store_windows, array_windows in zip(from_store, from_array, strict=True):
         assert len(store_windows) == len(array_windows)
         indices = list(range(len(array_windows)))

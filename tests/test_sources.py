@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from npgpt.tokenizer import get_tokenizer
 from npgpt.training import sources
-from npgpt.training.data import DataError
+from npgpt.training.corpus import DataError
 
 # Fragments chosen to meet the pre-tokenizer's every branch: contractions, letters and digits
 # with and without a leading space, punctuation runs, runs of spaces of every kind (Unicode

@@ -4,10 +4,10 @@
 
 The ids. Each text file (UTF-8) is one document; each non-blank line of a `.jsonl` file is one
 document, the string in the field `text_field` of the line's object. Files come in the order
-`npgpt.training.data.expand` gives (the patterns' order, each glob's matches sorted). Each
+`npgpt.training.corpus.expand` gives (the patterns' order, each glob's matches sorted). Each
 document is encoded with GPT-2's tokenizer as plain text (`encode_ordinary`: an
 "<|endoftext|>" written inside a document is text, not the special id) and one `<|endoftext|>`
-(50256) goes between each two documents: for text files, the ids `npgpt.training.data` makes.
+(50256) goes between each two documents: for text files, the ids `npgpt.training.corpus` makes.
 
 The shards. The ids are written in order as raw little-endian uint16 (no header), S =
 `shard_tokens` ids per file, the last file holding the rest:
@@ -16,6 +16,7 @@ The shards. The ids are written in order as raw little-endian uint16 (no header)
     DIR/shard-00001.bin    ids S .. 2S-1
     ...
     DIR/manifest.json
+    DIR/verified.json      when each shard's sha256 was last checked (`npgpt.training.shards`)
 
 A shard ends where the count says, inside a document if need be: readers see one stream
 (`npgpt.training.shards`). `np.fromfile(path, dtype="<u2")` reads one shard.
@@ -35,7 +36,7 @@ The manifest, JSON, with nothing in it that depends on the time, the machine or 
     tokens, documents   the totals (complete manifests only)
     split               {val_fraction, train_tokens, val_tokens}: validation is the last
                         val_tokens = round(tokens * val_fraction) ids, contiguous, as
-                        `npgpt.training.data.split` cuts an id array; train is all before
+                        `npgpt.training.windows.split` cuts an id array; train is all before
 
 Resuming. Each shard is written under a temporary name, fsynced and renamed, then the manifest
 is rewritten atomically, so a killed prepare leaves finished shards that the manifest lists and
@@ -79,7 +80,7 @@ import numpy as np
 from tqdm import tqdm
 
 from npgpt.tokenizer import EOT_ID, get_tokenizer
-from npgpt.training.data import DataError, expand
+from npgpt.training.corpus import DataError, expand
 from npgpt.training.shards import (
     FORMAT,
     FORMAT_VERSION,
@@ -87,11 +88,13 @@ from npgpt.training.shards import (
     TOKEN_DTYPE,
     read_manifest,
     shard_name,
+    record_verified,
     shard_problem,
     tokenizer_identity,
+    unverified,
 )
 from npgpt.training.sources import BLOCK_BYTES, check_sources, read_pieces
-from npgpt.weights.checkpoint import atomic_write_text, fsync_dir
+from npgpt.weights.atomic import atomic_write_text, fsync_dir
 
 SHARD_TOKENS = 1 << 25
 EOT = np.array([EOT_ID], dtype=TOKEN_DTYPE)
@@ -154,6 +157,7 @@ def prepare(
         },
     )
     write_manifest(out_dir, manifest)
+    record_verified(out_dir, manifest)  # every shard was hashed as written, or when kept
     return manifest
 
 
@@ -199,8 +203,9 @@ def start_manifest(out_dir, header):
     except DataError:
         previous = None
     if previous is not None and all(previous.get(key) == value for key, value in header.items()):
+            recheck = {entry["file"] for entry in unverified(out_dir, previous["shards"])}
         for entry in previous["shards"]:
-            if shard_problem(out_dir, entry, verify=True):
+            if shard_problem(out_dir, entry, verify=entry["file"] in recheck):
                 break
             kept.append(entry)
     manifest = {**header, "complete": False, "shards": kept}

@@ -14,11 +14,15 @@ the pages that are read. The training windows use it as they use an id array:
 A window may cross from one shard into the next: the shards are one stream cut at fixed
 lengths, and documents inside it are already separated by `<|endoftext|>`.
 
-Checks. Opening always compares each shard's size with the manifest (a missing or truncated
-shard is found at once) and, unless `verify=False`, its sha256 (an altered shard). Hashing runs
-at about 1 GB/s from the page cache and 0.5 GB/s from disk on the development machine, so a
-10 GB corpus (about 5 GB of shards) costs seconds, once per run; a training run of that corpus
-takes hours, so the check is on by default.
+Checks. Opening always compares each shard's size with the manifest, so a missing or
+truncated shard is found at once. The sha256 of every shard (an altered shard) is checked once:
+prepare hashes what it writes and then records, in `verified.json`, each shard's size, mtime,
+ctime and inode as it left them; opening hashes again only the shards whose record no longer
+matches (the file was written to, touched, copied or replaced) and then renews the record. So a
+run on an untouched corpus costs no hashing, and a changed shard is hashed before any id of it
+is used. Hashing runs at about 1 GB/s from the page cache; a 10 GB corpus has about 5 GB of
+shards. `verified.json` is a cache of that check, not part of the corpus: deleting it makes the
+next open hash every shard, and an unwritable directory just hashes again next time.
 
 >>> import tempfile
 >>> from npgpt.training.prepare import prepare
@@ -41,9 +45,11 @@ from typing import NamedTuple
 import numpy as np
 
 from npgpt.tokenizer import EOT_ID, EXPECTED_SHA256
-from npgpt.training.data import DataError
+from npgpt.training.corpus import DataError
+from npgpt.weights.atomic import atomic_write_text
 
 MANIFEST_FILE = "manifest.json"
+VERIFIED_FILE = "verified.json"
 FORMAT = "npgpt-token-shards"
 FORMAT_VERSION = 1
 TOKEN_DTYPE = np.dtype("<u2")  # GPT-2's 50257 ids fit in 16 bits; little-endian on every host
@@ -136,13 +142,15 @@ class Prepared(NamedTuple):
 def open_prepared(directory, verify=True):
     """The prepared corpus in `directory`, checked (see the module docstring); a DataError
     naming the file for a missing manifest or shard, a truncated or altered shard, another
-    tokenizer's ids, or a prepare that did not finish."""
+    tokenizer's ids, or a prepare that did not finish. `verify=False` checks the sizes only."""
     manifest = read_manifest(directory)
     check_manifest(directory, manifest)
     for entry in manifest["shards"]:
-        problem = shard_problem(directory, entry, verify)
+        problem = shard_problem(directory, entry, verify=False)
         if problem:
             raise DataError(f"{problem}; prepare the corpus again (the same command resumes)")
+    if verify:
+        verify_shards(directory, manifest)
     shards = tuple(
         np.memmap(Path(directory) / e["file"], dtype=TOKEN_DTYPE, mode="r", shape=(e["tokens"],))
         for e in manifest["shards"]
@@ -151,6 +159,58 @@ def open_prepared(directory, verify=True):
     files = len(manifest["sources"])
     source = f"{directory} ({len(tokens):,} tokens from {files} file{'s' * (files != 1)})"
     return Prepared(tokens, manifest["split"]["val_fraction"], source, manifest)
+
+
+def file_state(path):
+    """What changes when a file is written to, touched, copied or replaced (None: no file)."""
+    try:
+        stat = Path(path).stat()
+    except FileNotFoundError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
+def manifest_sha256(directory):
+    return hashlib.sha256((Path(directory) / MANIFEST_FILE).read_bytes()).hexdigest()
+
+
+def read_verified(directory):
+    """The record of the last sha256 check: {shard file: its file_state then}, or {}."""
+    try:
+        record = json.loads((Path(directory) / VERIFIED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict) or record.get("manifest") != manifest_sha256(directory):
+        return {}
+    shards = record.get("shards")
+    return shards if isinstance(shards, dict) else {}
+
+
+def record_verified(directory, manifest):
+    """Record that every shard, as it is now, has the manifest's sha256 (see the docstring)."""
+    shards = {e["file"]: file_state(Path(directory) / e["file"]) for e in manifest["shards"]}
+    record = {"manifest": manifest_sha256(directory), "shards": shards}
+    try:
+        atomic_write_text(Path(directory) / VERIFIED_FILE, json.dumps(record, indent=1) + "\n")
+    except OSError:
+        pass  # a read-only corpus: the shards are hashed again next time
+
+
+def unverified(directory, entries):
+    """The manifest entries whose shard is not as the last sha256 check left it."""
+    verified = read_verified(directory)
+    return [e for e in entries if verified.get(e["file"]) != file_state(Path(directory) / e["file"])]
+
+
+def verify_shards(directory, manifest):
+    """Hash the shards that changed since the last check; a DataError for one that differs."""
+    changed = unverified(directory, manifest["shards"])
+    for entry in changed:
+        problem = shard_problem(directory, entry, verify=True)
+        if problem:
+            raise DataError(f"{problem}; prepare the corpus again (the same command resumes)")
+    if changed:
+        record_verified(directory, manifest)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -46,7 +46,7 @@ import json
 import re
 from typing import NamedTuple
 
-from npgpt.training.data import DataError
+from npgpt.training.corpus import DataError
 
 BLOCK_BYTES = 1 << 20  # bytes read at a time; a text piece is about this long
 

@@ -195,15 +195,16 @@ def write_manifest(out_dir, manifest):
 
 def start_manifest(out_dir, header):
     """The manifest this run starts from, written before anything else changes: the shards of
-    an earlier run with the same `header` that still match their sha256, up to the first that
-    does not; no shards if there was no such run."""
+    an earlier run with the same `header` that still match their sha256 (hashed again unless
+    `verified.json` vouches for them), up to the first that does not; no shards if there was
+    no such run."""
     kept = []
     try:
         previous = read_manifest(out_dir)
     except DataError:
         previous = None
     if previous is not None and all(previous.get(key) == value for key, value in header.items()):
-            recheck = {entry["file"] for entry in unverified(out_dir, previous["shards"])}
+        recheck = {entry["file"] for entry in unverified(out_dir, previous["shards"])}
         for entry in previous["shards"]:
             if shard_problem(out_dir, entry, verify=entry["file"] in recheck):
                 break

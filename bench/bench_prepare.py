@@ -194,8 +194,14 @@ def job_train(out, run):
     hashed = time.perf_counter() - start
     opened = peak_rss_mb()
     settings = resolve_settings(
-        {"data": [out], "max_steps": TRAIN_STEPS, "eval_every": TRAIN_STEPS, "eval_batches": 1,
-         "sample_tokens": 0, "out": run}  # fmt: skip
+        {
+            "data": [out],
+            "max_steps": TRAIN_STEPS,
+            "eval_every": TRAIN_STEPS,
+            "eval_batches": 1,
+            "sample_tokens": 0,
+            "out": run,
+        }  # fmt: skip
     )
     start = time.perf_counter()
     record = train(settings, NumpyBackend, progress=False)

@@ -198,8 +198,8 @@ def record_verified(directory, manifest):
 
 def unverified(directory, entries):
     """The manifest entries whose shard is not as the last sha256 check left it."""
-    verified = read_verified(directory)
-    return [e for e in entries if verified.get(e["file"]) != file_state(Path(directory) / e["file"])]
+    verified, directory = read_verified(directory), Path(directory)
+    return [e for e in entries if verified.get(e["file"]) != file_state(directory / e["file"])]
 
 
 def verify_shards(directory, manifest):

@@ -3,6 +3,8 @@ batches as from the files, resume, the verification record, and bad input as one
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from pydoc_data.topics import topics
 
@@ -14,12 +16,13 @@ import cli
 from npgpt.config import GPTConfig
 from npgpt.model import forward, init_params
 from npgpt.tokenizer import EOT_ID, get_tokenizer
-from npgpt.training import dataset, shards, windows
+from npgpt.training import dataset, metrics, shards, windows
 from npgpt.training.backend import NumpyBackend
 from npgpt.training.loop import train
 from npgpt.training.settings import resolve_settings
 from npgpt.weights import checkpoint
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = GPTConfig(context_length=16, emb_dim=16, n_heads=2, n_layers=1)
 
 
@@ -37,7 +40,7 @@ def assert_user_error(result, *phrases):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def texts(tmp_path_factory):
     """Four text files, a .jsonl, the documents in prepare's order, and the prepared directory
     (shards of 1000 ids, so windows cross shard boundaries)."""
     root = tmp_path_factory.mktemp("prepare")
@@ -59,8 +62,8 @@ def expected_ids(documents):
     return ids
 
 
-def test_prepare_writes_each_documents_ids_joined_by_endoftext(corpus):
-    root, documents = corpus
+def test_prepare_writes_each_documents_ids_joined_by_endoftext(texts):
+    root, documents = texts
     out = root / "prepared"
     manifest = json.loads((out / "manifest.json").read_text())
     ids = np.concatenate([np.fromfile(out / e["file"], dtype="<u2") for e in manifest["shards"]])
@@ -95,9 +98,9 @@ def tiny(out, data, **more):
 
 
 def test_training_from_the_prepared_directory_and_from_the_files_gives_identical_batches(
-    corpus, tmp_path
+    texts, tmp_path
 ):
-    root, _ = corpus
+    root, _ = texts
     files = [str(root / f"doc{i}.txt") for i in range(4)]
     cache = str(tmp_path / "cache")
     from_files, files_record = recorded_batches(tiny(tmp_path / "a", files, cache_dir=cache))
@@ -111,8 +114,8 @@ def test_training_from_the_prepared_directory_and_from_the_files_gives_identical
     assert dir_record["val_loss"] == files_record["val_loss"]
 
 
-def test_a_resumed_run_on_a_prepared_directory_takes_the_same_batches(corpus, tmp_path):
-    prepared = (str(corpus[0] / "prepared"),)
+def test_a_resumed_run_on_a_prepared_directory_takes_the_same_batches(texts, tmp_path):
+    prepared = (str(texts[0] / "prepared"),)
     straight, _ = recorded_batches(tiny(tmp_path / "straight", prepared, max_steps=4))
     first, _ = recorded_batches(tiny(tmp_path / "resumed", prepared, max_steps=2))
     settings = tiny(tmp_path / "resumed", prepared, max_steps=4)
@@ -128,8 +131,40 @@ def test_a_resumed_run_on_a_prepared_directory_takes_the_same_batches(corpus, tm
         assert np.array_equal(x_a, x_b) and np.array_equal(y_a, y_b)
 
 
-def test_train_cli_on_a_prepared_directory(corpus, tmp_path):
-    prepared = corpus[0] / "prepared"
+@pytest.mark.usefixtures("one_torch_thread")
+def test_ddp_processes_map_the_prepared_shards_and_reproduce_one_process(texts, tmp_path):
+    """torchrun, 2 gloo processes on the prepared directory, against 1 torch process on the
+    files: the same losses (float64; the processes split each batch), and no process encodes
+    anything (the token cache directory is never made)."""
+    pytest.importorskip("torch", reason="torch not installed")
+    from torchgpt.training import TorchBackend
+
+    root, _ = texts
+    files = [str(root / f"doc{i}.txt") for i in range(4)]
+    torch_cpu = {"backend": "torch", "device": "cpu", "max_steps": 2, "eval_every": 1}
+    one = tiny(tmp_path / "one", files, cache_dir=str(tmp_path / "cache-one"), **torch_cpu)
+    train(resolve_settings(one), TorchBackend, progress=False)
+    ddp = tiny(tmp_path / "ddp", [str(root / "prepared")], **torch_cpu)
+    (tmp_path / "ddp.json").write_text(json.dumps(ddp | {"cache_dir": str(tmp_path / "none")}))
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "cli.py", "train", "--config", str(tmp_path / "ddp.json"), "--no-progress"],
+        cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 processes (DDP)" in done.stderr and not (tmp_path / "none").exists()
+    by_ddp = metrics.read(tmp_path / "ddp" / "metrics.jsonl")
+    by_one = metrics.read(tmp_path / "one" / "metrics.jsonl")
+    assert [r["step"] for r in by_ddp] == [r["step"] for r in by_one] == [0, 1, 2]
+    for d, o in zip(by_ddp, by_one, strict=True):
+        for key in ("loss", "train_loss", "val_loss"):
+            if o[key] is not None:
+                assert d[key] == pytest.approx(o[key], rel=1e-9)
+
+
+def test_train_cli_on_a_prepared_directory(texts, tmp_path):
+    prepared = texts[0] / "prepared"
     result = invoke("train", "--data", prepared, "--context-length", 16, "--batch-size", 2,
                     "--max-steps", 1, "--eval-batches", 1, "--sample-tokens", 0,
                     "--out", tmp_path / "run", "--no-progress")  # fmt: skip
@@ -138,8 +173,8 @@ def test_train_cli_on_a_prepared_directory(corpus, tmp_path):
     assert (tmp_path / "run" / "checkpoint" / "model.safetensors").is_file()
 
 
-def test_eval_on_a_prepared_directory_is_its_validation_split(corpus, tmp_path):
-    prepared = corpus[0] / "prepared"
+def test_eval_on_a_prepared_directory_is_its_validation_split(texts, tmp_path):
+    prepared = texts[0] / "prepared"
     checkpoint.save(tmp_path / "ckpt", SMALL, init_params(SMALL, seed=3))
     result = invoke("eval", "--checkpoint", tmp_path / "ckpt", "--data", prepared,
                     "--batch-size", 4, "--max-batches", 2)  # fmt: skip
@@ -154,10 +189,10 @@ def test_eval_on_a_prepared_directory_is_its_validation_split(corpus, tmp_path):
     assert float(result.stdout.split()[1]) == pytest.approx(float(by_hand), abs=1e-4)
 
 
-def test_opening_hashes_only_shards_changed_since_the_last_check(corpus, tmp_path, monkeypatch):
+def test_opening_hashes_only_shards_changed_since_the_last_check(texts, tmp_path, monkeypatch):
     out = tmp_path / "copy"
     out.mkdir()
-    for path in (corpus[0] / "prepared").iterdir():
+    for path in (texts[0] / "prepared").iterdir():
         (out / path.name).write_bytes(path.read_bytes())
     hashed = []
     file_sha256 = shards.file_sha256
@@ -176,12 +211,12 @@ def test_opening_hashes_only_shards_changed_since_the_last_check(corpus, tmp_pat
     assert hashed == []
 
 
-def test_a_prepared_corpus_fixes_the_validation_fraction(corpus, tmp_path):
-    prepared = (str(corpus[0] / "prepared"),)
+def test_a_prepared_corpus_fixes_the_validation_fraction(texts, tmp_path):
+    prepared = (str(texts[0] / "prepared"),)
     with pytest.raises(dataset.DataError, match=r"--val-fraction 0.2 differs from the split"):
         dataset.training_windows(prepared, 16, 16, 0.2)
     with pytest.raises(dataset.DataError, match=r"prepared corpus, to be given alone"):
-        dataset.training_windows((*prepared, str(corpus[0] / "doc0.txt")), 16, 16, 0.1)
+        dataset.training_windows((*prepared, str(texts[0] / "doc0.txt")), 16, 16, 0.1)
 
 
 @pytest.mark.parametrize(
@@ -232,8 +267,8 @@ def damaged(source, tmp_path, how):
     ],
 )
 @pytest.mark.parametrize("command", ["train", "eval"])
-def test_a_damaged_prepared_directory_is_one_line(corpus, tmp_path, how, phrase, command):
-    out = damaged(corpus[0] / "prepared", tmp_path, how)
+def test_a_damaged_prepared_directory_is_one_line(texts, tmp_path, how, phrase, command):
+    out = damaged(texts[0] / "prepared", tmp_path, how)
     if command == "train":
         args = ["train", "--data", out, "--context-length", 16, "--max-steps", 1,
                 "--out", tmp_path / "run", "--no-progress"]  # fmt: skip
@@ -244,8 +279,8 @@ def test_a_damaged_prepared_directory_is_one_line(corpus, tmp_path, how, phrase,
     assert not (tmp_path / "run").exists()
 
 
-def test_an_unfinished_prepare_is_refused_with_what_to_do(corpus, tmp_path):
-    out = damaged(corpus[0] / "prepared", tmp_path, "altered")
+def test_an_unfinished_prepare_is_refused_with_what_to_do(texts, tmp_path):
+    out = damaged(texts[0] / "prepared", tmp_path, "altered")
     manifest = json.loads((out / "manifest.json").read_text())
     (out / "manifest.json").write_text(json.dumps(manifest | {"complete": False}))
     result = invoke("train", "--data", out, "--out", tmp_path / "run", "--no-progress")

@@ -209,6 +209,14 @@ def test_opening_hashes_only_shards_changed_since_the_last_check(texts, tmp_path
     hashed.clear()
     shards.open_prepared(out)
     assert hashed == []
+    shard = out / "shard-00002.bin"
+    before = shard.stat()
+    data = bytearray(shard.read_bytes())
+    data[7] ^= 1
+    shard.write_bytes(bytes(data))  # altered in place, its mtime put back: the ctime tells
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(dataset.DataError, match=r"shard-00002.bin has changed since it was"):
+        shards.open_prepared(out)
 
 
 def test_a_prepared_corpus_fixes_the_validation_fraction(texts, tmp_path):

@@ -1,6 +1,6 @@
 """Preparing a corpus: text and JSON Lines files -> GPT-2 token shards and a manifest.
 
-    npgpt prepare DATA... --out DIR [--text-field NAME]      (the command calls `prepare`)
+    python cli.py prepare DATA... --out DIR [--text-field NAME]   (the command calls `prepare`)
 
 The ids. Each text file (UTF-8) is one document; each non-blank line of a `.jsonl` file is one
 document, the string in the field `text_field` of the line's object. Files come in the order

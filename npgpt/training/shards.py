@@ -92,7 +92,7 @@ def read_manifest(directory):
     if not path.is_file():
         raise DataError(
             f"{directory} holds no {MANIFEST_FILE}, so it is not a prepared corpus; make one "
-            f"with `npgpt prepare FILES... --out {directory}`"
+            f"with `python cli.py prepare FILES... --out {directory}`"
         )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))

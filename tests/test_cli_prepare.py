@@ -287,6 +287,12 @@ def test_a_damaged_prepared_directory_is_one_line(texts, tmp_path, how, phrase, 
     assert not (tmp_path / "run").exists()
 
 
+def test_a_directory_that_is_not_prepared_says_how_to_prepare_it(texts, tmp_path):
+    result = invoke("train", "--data", texts[0], "--out", tmp_path / "run", "--no-progress")
+    assert_user_error(result, "is a directory but not a prepared corpus", "cli.py prepare")
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_unfinished_prepare_is_refused_with_what_to_do(texts, tmp_path):
     out = damaged(texts[0] / "prepared", tmp_path, "altered")
     manifest = json.loads((out / "manifest.json").read_text())

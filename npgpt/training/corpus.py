@@ -46,8 +46,7 @@ def expand(patterns):
             files += matches
         elif Path(pattern).is_dir():
             raise DataError(
-                f"{pattern} is a directory; pass its files or a glob like {pattern}/*.txt, or "
-                f"prepare them (python cli.py prepare '{pattern}/*.txt' --out DIR) and pass DIR"
+                f"{pattern} is a directory; pass its files or a glob like {pattern}/*.txt"
             )
         elif not Path(pattern).is_file():
             raise DataError(f"{pattern}: no such file; pass an existing text file or a glob")

@@ -14,6 +14,7 @@ Nothing is tokenized per process for a prepared corpus: every DDP process maps t
 shards, and the page cache holds one copy for all of them.
 """
 
+from pathlib import Path
 from typing import NamedTuple
 
 from npgpt.training import corpus, shards, windows
@@ -39,6 +40,13 @@ def load_tokens(data, cache_dir=None):
     if prepared:
         opened = shards.open_prepared(prepared[0])
         return Tokens(opened.tokens, opened.source, opened.val_fraction)
+    folders = [path for path in data if Path(path).is_dir()]
+    if folders:
+        raise DataError(
+            f"--data {folders[0]} is a directory but not a prepared corpus (it holds no "
+            f"{shards.MANIFEST_FILE}); pass its files or a glob like {folders[0]}/*.txt, or "
+            f"prepare them (python cli.py prepare '{folders[0]}/*.txt' --out DIR) and pass DIR"
+        )
     documents, source = corpus.load_documents(data)
     return Tokens(corpus.token_ids(documents, cache_dir), source, None)
 

@@ -40,7 +40,7 @@ from npgpt.training.corpus import DataError
 class Windows:
     """Sliding windows of T + 1 tokens over `ids`, `stride` apart (see the module docstring)."""
 
-    ids: np.ndarray  # (n,)
+    ids: np.ndarray  # (n,), or a memory-mapped shards.TokenStore, indexed alike
     context_length: int
     stride: int
 

@@ -3,8 +3,10 @@ batches as from the files, resume, the verification record, and bad input as one
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from pydoc_data.topics import topics
 
@@ -76,6 +78,38 @@ def test_prepare_writes_each_documents_ids_joined_by_endoftext(texts):
     assert rerun.stdout.startswith(f"{root / 'again'}: {len(ids):,} tokens (4 documents from 4")
     for entry in manifest["shards"]:  # byte-identical in another directory
         assert (root / "again" / entry["file"]).read_bytes() == (out / entry["file"]).read_bytes()
+
+
+def test_a_prepare_killed_at_any_moment_resumes_to_identical_shards(tmp_path):
+    """SIGKILL the command while it writes (timing as it falls), then run it again: the
+    finished shards are kept, and the result is byte for byte a clean run's."""
+    text = "\n\n".join(topics[name] for name in sorted(topics))
+    for i in range(4):
+        (tmp_path / f"part{i}.txt").write_text(text[i * 1000 :] + text[: i * 1000])
+    args = [sys.executable, "cli.py", "prepare", str(tmp_path / "part*.txt"), "--shard-tokens",
+            "10000", "--workers", "1", "--no-progress"]  # fmt: skip
+    clean = subprocess.run([*args, "--out", str(tmp_path / "clean")], cwd=ROOT, timeout=300)
+    assert clean.returncode == 0
+    killed = subprocess.Popen([*args, "--out", str(tmp_path / "out")], cwd=ROOT)
+    manifest, deadline = tmp_path / "out" / "manifest.json", time.monotonic() + 120
+    while not (manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= 2):
+        assert killed.poll() is None and time.monotonic() < deadline, "no shard was written"
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL
+    listed = json.loads(manifest.read_text())
+    total = len(json.loads((tmp_path / "clean" / "manifest.json").read_text())["shards"])
+    assert not listed["complete"] and 2 <= len(listed["shards"]) < total
+    for entry in listed["shards"]:
+        kept = (tmp_path / "out" / entry["file"]).read_bytes()
+        assert kept == (tmp_path / "clean" / entry["file"]).read_bytes()
+    again = subprocess.run([*args, "--out", str(tmp_path / "out")], cwd=ROOT, timeout=300)
+    assert again.returncode == 0
+    made = {p.name: p.read_bytes() for p in (tmp_path / "clean").iterdir() if p.suffix != ".json"}
+    assert len(made) == total > 40 and made == {
+        p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.suffix != ".json"
+    }
+    assert manifest.read_bytes() == (tmp_path / "clean" / "manifest.json").read_bytes()
 
 
 def recorded_batches(settings):

@@ -43,8 +43,8 @@ def assert_user_error(result, *phrases):
 
 @pytest.fixture(scope="module")
 def texts(tmp_path_factory):
-    """Four text files, a .jsonl, the documents in prepare's order, and the prepared directory
-    (shards of 1000 ids, so windows cross shard boundaries)."""
+    """Four text files, their documents in prepare's order, and the prepared directory (shards
+    of 1000 ids, so windows cross shard boundaries)."""
     root = tmp_path_factory.mktemp("prepare")
     names = sorted(topics)[20:24]
     documents = [topics[name] for name in names]
@@ -78,6 +78,19 @@ def test_prepare_writes_each_documents_ids_joined_by_endoftext(texts):
     assert rerun.stdout.startswith(f"{root / 'again'}: {len(ids):,} tokens (4 documents from 4")
     for entry in manifest["shards"]:  # byte-identical in another directory
         assert (root / "again" / entry["file"]).read_bytes() == (out / entry["file"]).read_bytes()
+
+
+def test_prepare_json_lines_with_a_text_field(tmp_path):
+    lines = [{"body": "First one.", "id": 1}, {"body": "Second,\nwith <|endoftext|> as text"}]
+    (tmp_path / "a.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n\n")
+    (tmp_path / "b.txt").write_text("And a text file.")
+    result = invoke("prepare", tmp_path / "a.jsonl", tmp_path / "b.txt", "--text-field", "body",
+                    "--out", tmp_path / "out", "--no-progress")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ids = np.fromfile(tmp_path / "out" / "shard-00000.bin", dtype="<u2")
+    documents = [line["body"] for line in lines] + ["And a text file."]
+    assert ids.tolist() == expected_ids(documents)
+    assert "(3 documents from 2 files)" in result.stdout
 
 
 def test_a_prepare_killed_at_any_moment_resumes_to_identical_shards(tmp_path):

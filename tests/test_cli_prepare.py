@@ -93,6 +93,16 @@ def test_prepare_json_lines_with_a_text_field(tmp_path):
     assert "(3 documents from 2 files)" in result.stdout
 
 
+def test_prepare_never_replaces_a_finished_corpus_of_other_inputs(texts, tmp_path):
+    root, _ = texts
+    out = tmp_path / "out"
+    assert invoke("prepare", root / "doc0.txt", "--out", out, "--no-progress").exit_code == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    result = invoke("prepare", root / "doc1.txt", "--out", out, "--no-progress")
+    assert_user_error(result, f"--out {out} already holds a finished prepared corpus", "delete")
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
 def test_a_prepare_killed_at_any_moment_resumes_to_identical_shards(tmp_path):
     """SIGKILL the command while it writes (timing as it falls), then run it again: the
     finished shards are kept, and the result is byte for byte a clean run's."""

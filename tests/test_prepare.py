@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,12 +194,17 @@ def test_json_lines_resume_inside_a_line(tmp_path, monkeypatch):
     assert all_ids(tmp_path / "out") == joined_ids(documents)
 
 
-def test_changed_inputs_start_over(tmp_path):
+def test_changed_inputs_leave_a_finished_corpus_alone_until_it_is_deleted(tmp_path):
     write_corpus(tmp_path / "in")
     inputs = [str(tmp_path / "in" / "*.txt")]
     prepare.prepare(inputs, tmp_path / "out", **SMALL)
+    before = snapshot(tmp_path / "out")
     for path in sorted((tmp_path / "in").glob("*.txt"))[1:]:
         path.unlink()
+    with pytest.raises(DataError, match="already holds a finished prepared corpus"):
+        prepare.prepare(inputs, tmp_path / "out", **SMALL)
+    assert snapshot(tmp_path / "out") == before
+    shutil.rmtree(tmp_path / "out")
     prepare.prepare(inputs, tmp_path / "out", **SMALL)
     prepare.prepare(inputs, tmp_path / "clean", **SMALL)
     assert snapshot(tmp_path / "out") == snapshot(tmp_path / "clean")

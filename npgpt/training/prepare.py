@@ -42,7 +42,8 @@ Resuming. Each shard is written under a temporary name, fsynced and renamed, the
 is rewritten atomically, so a killed prepare leaves finished shards that the manifest lists and
 nothing else that looks finished. Run again with the same inputs, prepare keeps the listed
 shards whose sha256 still matches and goes on from the last one's `end`; if the sources, the
-tokenizer or the settings differ, it starts over. The same inputs give byte-identical shards and
+tokenizer or the settings differ, an unfinished run starts over and a finished one is refused
+(deleting a prepared corpus is the user's call). The same inputs give byte-identical shards and
 manifest, however many workers encode them and however often the run was stopped.
 
 Speed and memory. The main thread reads the sources in pieces of about a MiB
@@ -164,11 +165,16 @@ def prepare(
 def describe(manifest, out_dir):
     """One line for the command to print once `prepare` is done."""
     split, files = manifest["split"], len(manifest["sources"])
+    documents = plural(manifest["documents"], "document")
     return (
-        f"{out_dir}: {manifest['tokens']:,} tokens ({manifest['documents']:,} documents from "
-        f"{files} file{'s' * (files != 1)}) in {len(manifest['shards'])} shard(s); validation "
+        f"{out_dir}: {manifest['tokens']:,} tokens ({documents} from {plural(files, 'file')}) "
+        f"in {plural(len(manifest['shards']), 'shard')}; validation "
         f"is the last {split['val_tokens']:,} tokens ({split['val_fraction']:g})"
     )
+
+
+def plural(count, noun):
+    return f"{count:,} {noun}{'s' * (count != 1)}"
 
 
 def available_cores():
@@ -197,13 +203,21 @@ def start_manifest(out_dir, header):
     """The manifest this run starts from, written before anything else changes: the shards of
     an earlier run with the same `header` that still match their sha256 (hashed again unless
     `verified.json` vouches for them), up to the first that does not; no shards if there was
-    no such run."""
+    no such run. A finished corpus of other inputs is never replaced: deleting it is the
+    user's call."""
     kept = []
     try:
         previous = read_manifest(out_dir)
     except DataError:
         previous = None
-    if previous is not None and all(previous.get(key) == value for key, value in header.items()):
+    same_inputs = previous is not None and all(previous.get(k) == v for k, v in header.items())
+    if previous is not None and previous.get("complete") and not same_inputs:
+        raise DataError(
+            f"--out {out_dir} already holds a finished prepared corpus of other inputs or "
+            f"settings (its files changed, or others were named); delete it first to prepare "
+            f"it again, or name a new directory"
+        )
+    if same_inputs:
         recheck = {entry["file"] for entry in unverified(out_dir, previous["shards"])}
         for entry in previous["shards"]:
             if shard_problem(out_dir, entry, verify=entry["file"] in recheck):

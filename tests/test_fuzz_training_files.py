@@ -11,10 +11,8 @@ used when it is not whole.
 
 The fixed examples at the end are the bugs the fuzzing found, each kept as a regression test.
 
-Still to come: the prepared-corpus manifest (`manifest.json` and its shards, read by
-`npgpt.training.shards.open_prepared`, which raises DataError; branch corpus2). Its property
-belongs here, on a directory that `prepare` wrote, damaged with `damaged_bytes` and
-`mutated_json` and read under `attempt`, its examples counted as `tried("prepared corpus")`.
+A prepared corpus (`prepare`'s manifest.json and token shards) is opened the same way: read,
+or refused with DataError naming the file.
 """
 
 import io
@@ -47,9 +45,10 @@ from npgpt import optim
 from npgpt.config import GPTConfig
 from npgpt.model import init_params
 from npgpt.tokenizer import EOT_ID
-from npgpt.training import corpus, run_directory
+from npgpt.training import corpus, run_directory, shards
 from npgpt.training.backend import BackendState, dropout_rng
-from npgpt.training.corpus import builtin_documents
+from npgpt.training.corpus import DataError, builtin_documents
+from npgpt.training.prepare import prepare
 from npgpt.training.run_directory import OPTIMIZER_FILE, STATE_FILE, RunState
 from npgpt.training.settings import TrainError, resolve_settings
 from npgpt.training.windows import Position
@@ -329,6 +328,63 @@ def test_token_cache_damaged(token_cache, data):
         rewrite(path, original)
 
 
+# --- a prepared corpus: manifest.json and its shards ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prepared_corpus(tmp_path_factory):
+    """(a directory `prepare` wrote: 3 shards of 40 ids and a manifest, the ids it holds)."""
+    folder = tmp_path_factory.mktemp("prepared")
+    for i, text in enumerate(DOCUMENTS + ["A third, to fill a third shard. " * 3]):
+        (folder / f"{i}.txt").write_text(text)
+    prepare([str(folder / "*.txt")], folder / "out", shard_tokens=40, progress=False)
+    opened = shards.open_prepared(folder / "out")  # before the deadlines: the first open
+    return folder / "out", opened.tokens[np.arange(len(opened.tokens))]
+
+
+def prepared_bytes(directory):
+    return sum(path.stat().st_size for path in directory.iterdir())
+
+
+@st.composite
+def damaged_prepared(draw, directory):
+    """(the file to damage, its new bytes or None): the manifest's JSON mutated anywhere or its
+    bytes damaged; a shard's bytes damaged, or the shard missing."""
+    kind = draw(st.sampled_from(["manifest json", "manifest bytes", "shard"]))
+    event(f"prepared corpus: {kind}")
+    if kind == "shard":
+        path = draw(st.sampled_from(sorted(directory.glob("shard-*.bin"))))
+        return path, draw(st.none() | damaged_bytes(path.read_bytes()))
+    path = directory / shards.MANIFEST_FILE
+    if kind == "manifest bytes":
+        return path, draw(damaged_bytes(path.read_bytes()))
+    document = json.loads(path.read_text())
+    return path, json_text(draw(mutated_json(document))).encode()
+
+
+@fuzz_settings(ci_examples=80)
+@given(data=st.data())
+def test_prepared_corpus_damaged(prepared_corpus, data):
+    """Opened (every shard's sha256 checked), or a DataError naming the damaged file (or, for
+    a damaged manifest, the shard it no longer describes); what opens holds the original ids,
+    in a split that is a fraction."""
+    tried("prepared corpus (manifest.json, shards)")
+    directory, ids = prepared_corpus
+    path, damage = data.draw(damaged_prepared(directory))
+    described = [path] if path.suffix == ".bin" else [path, *directory.glob("shard-*.bin")]
+    with damaged(path, damage):
+        read = lambda: shards.open_prepared(directory)  # noqa: E731
+        # the sha256 check reads a shard HASH_BLOCK bytes at a time, into one buffer
+        opened, error = attempt(
+            read, DataError, prepared_bytes(directory), buffer=shards.HASH_BLOCK
+        )
+        if error is not None:
+            assert_names(error, *described)
+            return
+        assert np.array_equal(opened.tokens[np.arange(len(opened.tokens))], ids)
+        assert 0 < opened.val_fraction < 1
+
+
 # --- the command line ------------------------------------------------------------------------
 
 
@@ -442,3 +498,27 @@ def test_damaged_token_cache_is_remade(token_cache, damage):
         assert path.read_bytes() == original  # re-made
     finally:
         rewrite(path, original)
+
+
+MANIFEST_DAMAGE = {
+    "shards a number (TypeError, before)": lambda m: m | {"shards": 3},
+    "split missing (KeyError, before)": lambda m: {k: v for k, v in m.items() if k != "split"},
+    "a shard's tokens a string ('lists 4040', before)": lambda m: (
+        m | {"shards": [m["shards"][0] | {"tokens": "40"}, *m["shards"][1:]]}
+    ),
+    "a path out of the directory (followed, before)": lambda m: (
+        m | {"shards": [m["shards"][0] | {"file": "../0.txt"}, *m["shards"][1:]]}
+    ),
+    "the last shard's entry lost (its ids dropped, before)": lambda m: (
+        m | {"shards": m["shards"][:-1]}
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", MANIFEST_DAMAGE.values(), ids=MANIFEST_DAMAGE.keys())
+def test_damaged_manifest_is_refused(prepared_corpus, damage):
+    directory, _ = prepared_corpus
+    path = directory / shards.MANIFEST_FILE
+    with damaged(path, json_text(damage(json.loads(path.read_text()))).encode()):
+        with pytest.raises(DataError, match=f"{path}: .*the manifest is damaged"):
+            shards.open_prepared(directory)

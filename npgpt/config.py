@@ -33,7 +33,12 @@ class ConfigError(ValueError):
 
 
 def is_number(value):
+    """A number as a file may hold one: never a bool (true is 1 to Python, not to a person)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_count(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
 
 
 @dataclasses.dataclass(frozen=True)

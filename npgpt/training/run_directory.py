@@ -30,7 +30,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from npgpt import optim
-from npgpt.config import is_number
+from npgpt.config import is_count, is_number
 from npgpt.training import metrics, snapshot
 from npgpt.training.backend import BackendState
 from npgpt.training.settings import TrainError, resolve_settings
@@ -87,10 +87,6 @@ def refuse_another_run(out, resume_dir):
             f"{out} already holds a training run; continue it with --resume {out}, or "
             f"choose another --out"
         )
-
-
-def is_count(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def is_record(record):

@@ -46,6 +46,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from npgpt.config import is_count, is_number
 from npgpt.tokenizer import EOT_ID, EXPECTED_SHA256
 from npgpt.training.corpus import DataError
 from npgpt.weights.atomic import atomic_write_text
@@ -117,10 +118,6 @@ def read_manifest(directory):
     return manifest
 
 
-def is_count(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def is_shard_entry(entry, index):
     """A shard as prepare lists it: its file's name (shard-00000.bin for the first, and so on:
     never a path that leads elsewhere), its count of ids, and its sha256 in hex."""
@@ -137,15 +134,15 @@ def are_shards(entries):
 
 
 def is_fraction(split):
-    fraction = isinstance(split, dict) and split.get("val_fraction")
-    return isinstance(fraction, int | float) and not isinstance(fraction, bool) and 0 < fraction < 1
+    fraction = split.get("val_fraction") if isinstance(split, dict) else None
+    return is_number(fraction) and 0 < fraction < 1
 
 
 MANIFEST_FIELDS = (  # what opening a prepared corpus reads of its manifest, and what it must be
     ("complete", lambda value: isinstance(value, bool), "true or false"),
     ("shards", are_shards, "a list of shards, each its file's name (in order), ids and sha256"),
     ("sources", lambda value: isinstance(value, list), "a list of the source files"),
-)  # fmt: skip
+)
 SPLIT_FIELD = ("split", is_fraction, "an object whose val_fraction lies in (0, 1)")  # when complete
 
 

@@ -171,18 +171,22 @@ def training_backend(name):
 def train(config_file, resume, progress, **flags):
     """Train a GPT (from scratch or --resume) on text files or the built-in corpus.
 
+    SIGTERM or Ctrl-C saves a checkpoint and exits (status 0 or 130); --resume continues.
     Several GPUs: torchrun --nproc_per_node N cli.py train --backend torch ..."""
     from npgpt.training.loop import train as run_training
     from npgpt.training.run_directory import resumed_settings
     from npgpt.training.settings import TrainError, resolve_settings
+    from npgpt.training.stopping import Stopped
 
     given = {key: value for key, value in flags.items() if value not in (None, ())}
     try:
         resumed = None if resume is None else resumed_settings(resume)
         settings = resolve_settings(given, config_file, resumed)
         run_training(settings, training_backend(settings.backend), resume, progress)
-    except TrainError as err:
+    except TrainError as err:  # a WriteError (a full disk) too: its message says what to do
         fail(str(err))
+    except Stopped as stop:  # the checkpoint is saved and the run said where
+        sys.exit(stop.exit_status)
 
 
 def eval_windows(data, T, stride, val_fraction, cache_dir):

@@ -1,4 +1,5 @@
-"""pytest set-up for the parity suite: Hypothesis profiles, devices, and `--parity-report`.
+"""pytest set-up for the parity suite: devices and `--parity-report` (the Hypothesis profiles
+are the repository's: ../conftest.py).
 
 pytest parity                                  the `ci` profile (default)
 pytest parity --hypothesis-profile thorough    many more examples (about 30 minutes)
@@ -8,30 +9,8 @@ pytest parity --parity-report out.md           also write every tensor's error o
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
 
 from parity import report
-
-# ci: a fixed, bounded set of examples (derandomize: the same draws on every run and machine,
-# no example database), so a red CI run is reproducible and the whole suite stays within ~3
-# minutes on 2 cores. thorough: fresh random draws, 10x the examples.
-settings.register_profile(
-    "ci",
-    max_examples=20,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile(
-    "thorough",
-    max_examples=400,
-    deadline=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.load_profile("ci")  # `--hypothesis-profile NAME` (Hypothesis' own option) overrides
 
 CUDA_SKIP = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA GPU: torch.cuda.is_available() is False"

@@ -17,10 +17,14 @@ are taken `rows_per_chunk` at a time (x_c, y_c: a chunk's rows of x and of the t
 
 and loss /= N_kept. The loss is a scalar at the end of the graph, so its gradients with respect
 to x and W are known in the forward pass up to the one number that backward receives (dloss: 1,
-or the fp16 gradient scaler's scale over the accumulation count); backward only multiplies by
-it. The matmuls are the plain path's (one forward, two backward), nothing is recomputed, and the
+or 1 over the number of accumulated micro-batches); backward only multiplies by it. The
+matmuls are the plain path's (one forward, two backward), nothing is recomputed, and the
 largest temporary is one chunk's logits. Under `torch.no_grad()` (evaluation) only the loss is
 computed.
+
+Not under float16 autocast: float16's narrow range needs the GradScaler's scale inside the
+logits' gradient, which this function learns only in backward; `GPT` takes the plain path then
+(`chunks_pay`). bfloat16 has float32's range.
 
 Padded vocabulary. 50,257 is odd: a matmul whose output width is a multiple of 64 fills the GPU's
 tensor-core tiles, one of 50,257 leaves a ragged last tile. `vocab_multiple` pads W with zero
@@ -28,7 +32,8 @@ rows up to the next multiple, inside this function only. The padded columns of e
 logits are set to -inf before the log-sum-exp, so they add exp(-inf) = 0 to every sum, take no
 part in the loss, and their dlogits are exactly 0; the padded rows of dW are never returned. The
 model's `wte.weight` keeps its 50,257 rows, so its state_dict, checkpoints, optimizer state and
-the parity suite do not see the padding at all.
+the parity suite do not see the padding at all. Under autocast the padded copy costs nothing:
+the matmuls need W cast to bfloat16 anyway, and the cast writes into the padded buffer.
 
 >>> import torch
 >>> x, w = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(10, 4, dtype=torch.float64)

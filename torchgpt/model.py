@@ -14,12 +14,17 @@ Attention comes in two implementations that compute the same function:
                kernels on a GPU. It never materialises the (T, T) probabilities, so it neither
                captures `attn.probs` nor takes an `h.{i}.attn.drop` mask.
 
-The loss. With `chunked_loss` (the default) and targets given, forward computes the LM head and
+The loss. With `chunked_loss` and targets given, forward computes the LM head and
 the cross-entropy together in row chunks (torchgpt/head_loss.py: the whole batch's float32
 logits are never held, and on a CUDA device the vocabulary is padded to a multiple of 64 inside
-that computation only) and returns logits None. Asking for `capture` takes the plain path:
+that computation only: `wte.weight`, the state_dict and checkpoints keep 50,257 rows) and
+returns logits None. Asking for `capture`, or float16 autocast, takes the plain path:
 logits = ln_f(x) @ wte^T, then `F.cross_entropy`, so that the logits and their gradient can be
 captured. Both paths give the same loss and gradients (tests/test_torchgpt_head_loss.py).
+By default (`chunked_loss=None`) the chunks are taken on a CUDA device: there the float32 logits
+of a training batch are gigabytes (3.3 GB at B = 16, T = 1024) and their traffic a tenth of the
+step. On the CPU, at the batches a CPU trains (B = 4, T = 256: 0.2 GB of logits), the plain
+path stays the default, the same formula as npgpt's, step for step.
 
 forward(idx, targets=None, *, dropout_masks=None, capture=None, past_kv=None, kv=None)
 returns (logits, loss):
@@ -199,15 +204,18 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config, attn="sdpa", seed=0, chunked_loss=True):
+    def __init__(self, config, attn="sdpa", seed=0, chunked_loss=None):
         """Parameters start as `npgpt.init_params(config, seed)` (one initialisation for both
         backends, so a torch run and a numpy run with the same seed start from the same model).
-        `chunked_loss`: the loss from torchgpt/head_loss.py (see the module docstring)."""
+        `chunked_loss`: True, False, or None for "on a CUDA device" (the module docstring)."""
         super().__init__()
         if attn not in ATTN_CHOICES:
             raise ValueError(f"attn must be one of {ATTN_CHOICES}, got {attn!r}")
         self.config, self.attn = config, attn
         self.chunked_loss, self.loss_chunk_rows = chunked_loss, ROWS_PER_CHUNK
+        # None: pad the head's vocabulary to VOCAB_MULTIPLE on a CUDA device, where tensor cores
+        # tile the matmul and autocast copies W anyway; not on the CPU, where the copy is a cost
+        self.loss_vocab_multiple = None
         self.wte = nn.Embedding(config.vocab_size, config.emb_dim)
         self.wpe = nn.Embedding(config.context_length, config.emb_dim)
         self.h = nn.ModuleList(Block(config, attn) for _ in range(config.n_layers))
@@ -216,7 +224,7 @@ class GPT(nn.Module):
             self.load_params(npgpt.init_params(config, seed=seed, dtype=np.float32))
 
     @classmethod
-    def from_params(cls, config, params, attn="sdpa", device="cpu", dtype=None, chunked_loss=True):
+    def from_params(cls, config, params, attn="sdpa", device="cpu", dtype=None, chunked_loss=None):
         """A model holding `params` ({npgpt name: numpy array}, as `npgpt.load` returns); dtype
         defaults to the arrays' own (float32 or float64)."""
         model = cls(config, attn=attn, seed=None, chunked_loss=chunked_loss)
@@ -269,9 +277,8 @@ class GPT(nn.Module):
                 kv.append(layer_kv)
         x = self.ln_f(x)
         record(capture, "ln_f", x)
-        if targets is not None and self.chunked_loss and capture is None:
-            # the padded vocabulary pays where tensor cores tile the matmul (module docstring)
-            multiple = VOCAB_MULTIPLE if x.device.type == "cuda" else 1
+        if targets is not None and self.chunks_pay(capture, x.device):
+            multiple = self.loss_vocab_multiple or (VOCAB_MULTIPLE if x.is_cuda else 1)
             return None, head_loss(x, self.wte.weight, targets, self.loss_chunk_rows, multiple)
         logits = F.linear(x, self.wte.weight)  # tied head: x @ wte^T
         record(capture, "logits", logits)
@@ -282,6 +289,16 @@ class GPT(nn.Module):
                 flat = flat.float()  # the loss's log-sum-exp wants float32's range and precision
             loss = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
+
+    def chunks_pay(self, capture, device):
+        """Whether the loss takes torchgpt/head_loss.py's chunks: when asked (`chunked_loss`; by
+        default on a CUDA device), unless the logits are to be captured or float16 autocast
+        wants its gradient scaler inside them."""
+        asked = device.type == "cuda" if self.chunked_loss is None else self.chunked_loss
+        fp16 = torch.is_autocast_enabled(device.type) and (
+            torch.get_autocast_dtype(device.type) == torch.float16
+        )
+        return asked and capture is None and not fp16
 
     def positions(self, n_new, past_kv, device):
         """(positions (n_new,) of the new tokens, each layer's share of the KV cache)."""

@@ -27,7 +27,7 @@ graph), and with full recomputation.
 
 Targets (judged on a CUDA device only; issue 13):
   MFU of the training step                               >= 50%  (GPT-2 124M, T = 1024, bf16)
-  decode tokens/s, the default cache / "concat", same run >= 3x
+  decode tokens/s, the "graph" cache / "concat", same run >= 3x
   decode tokens/s                                         >= 393  (3x the README's 131, H100)
 Exit status: 0 every target PASS, 1 a target MISS, 2 the targets were not measured (no CUDA
 device: the CPU rows are printed, the GPU rows are not, and the run says so).

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import npgpt
 import torchgpt
 from npgpt.config import GPTConfig
-from parity.oracle import errors
+from parity.oracle import errors, matmul_precision
 from parity.tolerances import tolerance
 from torchgpt.head_loss import VOCAB_MULTIPLE, head_loss, padded_weight
 
@@ -141,3 +141,22 @@ def test_targets_of_the_wrong_shape_are_refused():
     x, weight = torch.randn(2, 3, 4), torch.randn(10, 4)
     with pytest.raises(ValueError, match=r"targets have shape \(2, 4\)"):
         head_loss(x, weight, torch.zeros(2, 4, dtype=torch.long))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: the CUDA default untested")
+def test_on_cuda_the_padded_chunks_are_the_default_and_agree():
+    params = npgpt.init_params(CFG, seed=11, dtype=np.float32)
+    idx, targets = (t.cuda() for t in batch(12))
+    runs = []
+    for chunked in (None, False):  # None: chunked on CUDA, vocabulary padded to 50,304
+        model = torchgpt.GPT.from_params(CFG, params, attn="sdpa", device="cuda")
+        model.chunked_loss = chunked
+        with matmul_precision("cuda"):  # plain float32 matmuls, no TF32
+            logits, loss = model(idx, targets)
+            loss.backward()
+        runs.append((logits, loss, {n: p.grad.cpu() for n, p in model.named_parameters()}))
+    (logits, loss, grads), (_, plain_loss, plain_grads) = runs
+    assert logits is None
+    assert_close(loss.cpu(), plain_loss.cpu(), "cuda-float32", "loss")
+    for name, grad in plain_grads.items():
+        assert_close(grads[name], grad, "cuda-float32", name + ".grad")

@@ -12,9 +12,11 @@ The KV cache (`kv_mode`), three forms that give the same logits:
             each token copies the whole cache.
   "static"  one `StaticKV` (torchgpt/static_kv.py) per `torch_step`, preallocated for the
             context, the new keys and values written in place; a new prompt or a slid window
-            starts its buffers over. The default off CUDA.
+            starts its buffers over. The default.
   "graph"   the same cache with fixed shapes, and every one-token step replayed from a CUDA
-            graph (torchgpt/cuda_graph.py); the prompt runs eagerly. The default on CUDA.
+            graph (torchgpt/cuda_graph.py); the prompt runs eagerly. CUDA only, and asked for
+            explicitly: it has not yet run on a GPU (bench/bench_torch.py measures it, and
+            tests/test_torchgpt_generate.py checks its tokens, wherever CUDA is present).
 A `torch_step` holds its one cache: a call with `past_kv` None starts it afresh, so one step
 function serves one generation at a time (`generate` makes its own).
 
@@ -39,11 +41,10 @@ KV_MODES = ("graph", "static", "concat")
 
 def torch_step(model, amp_dtype=None, kv_mode=None):
     """The step function for `model` (put in eval mode); `amp_dtype` runs it under autocast;
-    `kv_mode` picks the KV cache (module docstring), by default "graph" on a CUDA device and
-    "static" elsewhere."""
+    `kv_mode` picks the KV cache (module docstring), "static" by default."""
     model.eval()
     device = next(model.parameters()).device
-    kv_mode = kv_mode or ("graph" if device.type == "cuda" else "static")
+    kv_mode = kv_mode or "static"
     if kv_mode not in KV_MODES:
         raise ValueError(f"kv_mode must be one of {KV_MODES}, got {kv_mode!r}")
     if kv_mode == "graph" and device.type != "cuda":

@@ -90,6 +90,8 @@ def test_a_full_static_kv_and_a_graph_off_cuda_are_refused():
     model.decode(torch.tensor([[1, 2, 3]]), kv)
     with pytest.raises(ValueError, match="3 cached \\+ 2 new tokens do not fit"):
         model.decode(torch.tensor([[4, 5]]), kv)
+    with pytest.raises(ValueError, match="longer than the model's context_length 12"):
+        model.decode(torch.tensor([[1]]), StaticKV(CFG.n_layers, max_len=13))
     with pytest.raises(ValueError, match="needs a CUDA device"):
         next(torch_generate(model, [1], SETTINGS[0], kv_mode="graph"))
 

@@ -303,6 +303,11 @@ class GPT(nn.Module):
     def positions(self, n_new, past_kv, device):
         """(positions (n_new,) of the new tokens, each layer's share of the KV cache)."""
         if isinstance(past_kv, StaticKV):
+            if past_kv.max_len > self.config.context_length:
+                raise ValueError(
+                    f"a StaticKV of {past_kv.max_len} positions is longer than the model's "
+                    f"context_length {self.config.context_length}"
+                )
             pos = past_kv.begin(n_new, device)
             return pos, [past_kv.layer(i) for i in range(self.config.n_layers)]
         past_len = 0 if past_kv is None else past_kv[0][0].shape[2]

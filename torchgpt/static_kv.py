@@ -12,7 +12,8 @@ positions are filled. A forward writes its T new tokens' keys and values at posi
                       every one-token step has the same shapes and reads its position from a
                       tensor: what a CUDA graph replays (torchgpt.cuda_graph). A masked key gets
                       probability exp(-inf) = 0, so the result is the prefix form's; buffers
-                      start at zero, so a slot never written holds no NaN to make 0 * v a NaN.
+                      start at zero and `reset` leaves earlier finite keys and values, so no
+                      masked slot holds a NaN to make 0 * v a NaN.
 
 >>> from npgpt.config import GPTConfig
 >>> from torchgpt.model import GPT
@@ -30,6 +31,8 @@ import torch
 
 
 class StaticKV:
+    """Every layer's keys and values in buffers of `max_len` positions (module docstring)."""
+
     def __init__(self, n_layers, max_len, fixed_shapes=False):
         self.max_len, self.fixed_shapes = max_len, fixed_shapes
         self.keys, self.values = [None] * n_layers, [None] * n_layers

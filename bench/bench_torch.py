@@ -19,7 +19,7 @@ MFU measures useful work. The peak is taken from a table of vendor figures (dens
 for the GPU found, or measured on the CPU with a large matrix product; the output states which.
 On the CPU the same run also times npgpt's step (NumPy forward + backward + AdamW) side by side.
 
-Decode: steady-state tokens/s of greedy generation at batch 1 (from the first new token to the
+Decode: steady-state tokens/s of greedy generation at batch 1 (from the second new token to the
 last, so the prompt and the one-off CUDA graph recording are not counted), with each KV cache
 of torchgpt/generate.py: "concat" (the cache before issue 13, grown by torch.cat), "static"
 (preallocated, written in place) and on CUDA "graph" (one-token steps replayed from a CUDA
@@ -216,7 +216,8 @@ def time_decode(model, args, amp_dtype, kv_mode):
     tokens, arrivals = run(args.new_tokens)
     if len(tokens) < 3:
         raise SystemExit(f"decode ({kv_mode}) stopped after {len(tokens)} tokens: nothing to time")
-    return tokens, (len(tokens) - 1) / (arrivals[-1] - arrivals[0])
+    # from the second token on: the first comes from the prompt, the second records the graph
+    return tokens, (len(tokens) - 2) / (arrivals[-1] - arrivals[1])
 
 
 def parse_args(argv=None):

@@ -19,19 +19,6 @@ def corpus(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """Run a module's torch work on one thread, then restore the count. The tensors are tiny:
-    OpenMP's start-up and spinning cost more than the work on a busy 2-core machine; and the
-    kill-and-resume tests' subprocesses use one thread too, so float64 sums add up in the same
-    order everywhere."""
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def straight_runs(tmp_path_factory):
     """The uninterrupted run of trainrun.stop_settings on a backend, made on first use, on one

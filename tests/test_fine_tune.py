@@ -75,8 +75,8 @@ def invoke(*args):
 
 
 def fine_tune_args(start_dir, text, out, *more):
-    """A short fine-tune of the random start: its learning rate is a from-scratch one, so that 8
-    steps show (the defaults suit a trained model; test_defaults_... checks them)."""
+    """A short fine-tune of the random start, at a from-scratch learning rate so that 8 steps
+    show (the fine-tuning defaults suit a trained model: the defaults' test checks them)."""
     return (
         "train", "--init-from", start_dir, "--data", text, "--context-length", T,
         "--batch-size", 4, "--max-steps", 8, "--lr", 1e-2, "--warmup-steps", 2,
@@ -128,9 +128,11 @@ def test_fine_tuning_lowers_the_loss_and_loads_in_transformers(runs, start, text
     config, params = checkpoint.load(run, dtype=np.float64)
     assert config == CFG.replace(context_length=T)
     assert not np.array_equal(params["wpe.weight"], start[1]["wpe.weight"][:T])  # trained
-    hf = transformers.GPT2LMHeadModel.from_pretrained(
-        run / "checkpoint", local_files_only=True, dtype=torch.float64
-    ).eval()
+    hf, info = transformers.GPT2LMHeadModel.from_pretrained(
+        run / "checkpoint", local_files_only=True, dtype=torch.float64, output_loading_info=True
+    )
+    assert {kind: keys for kind, keys in info.items() if len(keys)} == {}  # all found, none left
+    hf.eval()
     ids = get_tokenizer().encode(texts[1].read_text())[:T]
     with torch.no_grad():
         hf_logits = hf(torch.tensor([ids])).logits.numpy()

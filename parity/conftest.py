@@ -37,13 +37,3 @@ def pytest_sessionfinish(session):
     path = session.config.getoption("--parity-report", default=None)
     if path:
         report.write(path)
-
-
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """Run a module's torch work on one thread, then restore the count: drawn models are small,
-    and OpenMP's start-up and spinning cost more than the work on a busy 2-core machine."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)

@@ -285,7 +285,8 @@ def inherited(resumed):
 
 
 def resolve_settings(cli=None, config_file=None, resumed=None):
-    """Defaults < the resumed run's settings < `--config` file < flags given on the command line.
+    """Defaults < the resumed run's settings < `--config` file < flags given on the command line;
+    with `init_from` set by any of them, the fine-tuning defaults stand in for the defaults.
 
     `cli` holds only the flags the user typed. Asking a resumed run to change a setting it
     must keep (`fixed_on_resume`) is an error rather than a silent new experiment."""

@@ -194,21 +194,13 @@ def train(config_file, resume, progress, **flags):
 
 
 def eval_windows(data, T, stride, val_fraction, cache_dir):
-    """(windows, what they are) to evaluate on: the text files given, whole, or the built-in
-    corpus' validation split, as training holds it out."""
-    from npgpt.training import corpus
-    from npgpt.training.windows import Windows, split
+    """(windows, what they are) to evaluate on (npgpt.training.dataset.evaluation_windows)."""
+    from npgpt.training.corpus import DataError
+    from npgpt.training.dataset import evaluation_windows
 
     try:
-        docs, source = corpus.load_documents(data)
-        ids = corpus.token_ids(docs, cache_dir)
-        if not data:
-            _, validation = split(ids, T, stride, val_fraction, source)
-            return validation, f"{source} validation split"
-        if len(ids) < T + 1:
-            split(ids, T, stride, 0.5, source)  # raises the too-short error
-        return Windows(ids, T, stride), source
-    except corpus.DataError as err:
+        return evaluation_windows(data, T, stride, val_fraction, cache_dir)
+    except DataError as err:
         fail(str(err))
 
 
@@ -224,7 +216,12 @@ def mean_loss(loss, windows, batch_size, max_batches):
 
 @main.command(name="eval")
 @model_options
-@click.option("--data", multiple=True, help="Text file or glob (default: built-in validation).")
+@click.option(
+    "--data",
+    multiple=True,
+    help="Text file or glob, or a prepared directory (its validation split); default: the "
+    "built-in corpus' validation split.",
+)
 @click.option("--val-fraction", default=0.1, show_default=True, help="Built-in corpus split.")
 @click.option("--context-length", type=int, default=None, help="Default: the model's.")
 @click.option("--stride", type=int, default=None, help="Default: the context length.")
@@ -246,6 +243,34 @@ def evaluate(checkpoint, backend, device, dtype, data, val_fraction, context_len
     loss, count = mean_loss(model.loss, windows, batch_size, max_batches)
     click.echo(f"loss {loss:.4f}  perplexity {math.exp(loss):.2f}")
     click.echo(f"{count} windows of {T} tokens from {source} ({backend}, {dtype})", err=True)
+
+
+# ---- prepare -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("data", nargs=-1, required=True)
+@click.option("--out", required=True, help="Directory for the shards and manifest.json.")
+@click.option("--text-field", default="text", show_default=True, help="JSON Lines field.")
+@click.option("--val-fraction", default=0.1, show_default=True, help="Share held out.")
+@click.option("--shard-tokens", default=1 << 25, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Default: every core.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def prepare(data, out, text_field, val_fraction, shard_tokens, workers, progress):
+    """Encode text files and globs (UTF-8) and JSON Lines (.jsonl) into GPT-2 token shards
+    that `train --data OUT` and `eval --data OUT` memory-map. A stopped prepare resumes when
+    run again with the same arguments."""
+    from npgpt.training.corpus import DataError
+    from npgpt.training.prepare import describe
+    from npgpt.training.prepare import prepare as prepare_corpus
+
+    try:
+        manifest = prepare_corpus(
+            data, out, text_field, val_fraction, shard_tokens, workers, progress
+        )
+    except DataError as err:
+        fail(str(err))
+    click.echo(describe(manifest, out))
 
 
 # ---- download, convert, info ---------------------------------------------------------------

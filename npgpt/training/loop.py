@@ -34,8 +34,9 @@ from npgpt import model, optim
 from npgpt.config import GPTConfig
 from npgpt.schedule import learning_rate
 from npgpt.tokenizer import get_tokenizer
-from npgpt.training import corpus, fine_tune, metrics, run_directory, stopping, windows
+from npgpt.training import dataset, fine_tune, metrics, run_directory, stopping, windows
 from npgpt.training.backend import Backend, BackendState
+from npgpt.training.corpus import DataError
 from npgpt.training.plot import plot_losses
 from npgpt.training.run_directory import CHECKPOINT_DIR, METRICS_FILE, PLOT_FILE, RunState
 from npgpt.training.settings import (
@@ -146,16 +147,13 @@ def finish(job, run, stop):
 
 def load_data(settings, config):
     """(train Windows, validation Windows, where the text comes from)."""
+    stride = settings.stride or config.context_length
     try:
-        documents, source = corpus.load_documents(settings.data)
-        ids = corpus.token_ids(documents, settings.cache_dir)
-        stride = settings.stride or config.context_length
-        train_windows, val_windows = windows.split(
-            ids, config.context_length, stride, settings.val_fraction, source
+        return dataset.training_windows(
+            settings.data, config.context_length, stride, settings.val_fraction, settings.cache_dir
         )
-    except corpus.DataError as err:
+    except DataError as err:
         raise TrainError(str(err)) from None
-    return train_windows, val_windows, source
 
 
 def starting_model(settings, resume_dir):

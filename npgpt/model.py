@@ -12,10 +12,10 @@ returns one gradient per parameter; `backward(cache, return_activation_grads=Tru
 (grads, activation_grads), the gradient of every named activation as well. The head reuses wte,
 so wte's gradient is the sum of two paths: the head's, dlogits^T @ ln_f (V, C), into which the
 embedding's backward adds its rows.
-Backward uses the cache up, as torch's `loss.backward()` frees its graph: it lets go of each
-layer's saved arrays once that layer's gradients are computed, and empties `cache.activations`,
-so memory falls as it goes. Read (or copy) the activations before backward; a second backward
-needs a fresh forward.
+Backward uses the cache up, as torch's `loss.backward()` frees its graph: it first empties
+`cache.activations` (and each layer's), then lets go of each layer's saved arrays once that
+layer's gradients are computed, so the gradients take the place of the activations. Read (or
+copy) the activations before backward; a second backward needs a fresh forward.
 
 Generation. `decode(params, config, idx, past_kv)` runs new tokens after the ones whose keys
 and values `past_kv` holds, and returns (logits, kv): `kv` is the next call's `past_kv`. It
@@ -209,7 +209,7 @@ def backward(cache, return_activation_grads=False):
     """Gradient of the loss with respect to every parameter, keyed like `params`. With
     `return_activation_grads`, returns (grads, activation_grads): also the gradient of every
     activation, by canonical name. Without it, each is let go as soon as it has been used.
-    The cache is used up: `cache.activations` is emptied, and each layer's cache is let go once
+    The cache is used up: the activations are emptied, and each layer's cache is let go once
     its gradients are computed (as torch frees its graph in `loss.backward()`)."""
     if cache.crossentropy is None:
         raise ValueError("backward needs a loss: call forward with targets")
@@ -219,7 +219,10 @@ def backward(cache, return_activation_grads=False):
             "run forward again (and copy cache.activations first if you need them afterwards)"
         )
     config, ln_f = cache.config, cache.activations["ln_f"]
-    cache.activations.clear()  # what backward needs, the ops' caches hold
+    # what backward needs, the ops' caches hold; the rest (qkv, res_1, out, ...) goes now
+    cache.activations.clear()
+    for block_cache in cache.blocks:
+        block_cache.activations.clear()
     dln_f, dwte, dlogits = tied_head_backward(
         cache.crossentropy, ln_f, cache.wte, keep_dlogits=return_activation_grads
     )

@@ -171,36 +171,32 @@ def training_backend(name):
 def train(config_file, resume, progress, **flags):
     """Train a GPT (from scratch or --resume) on text files or the built-in corpus.
 
+    SIGTERM or Ctrl-C saves a checkpoint and exits (status 0 or 130); --resume continues.
     Several GPUs: torchrun --nproc_per_node N cli.py train --backend torch ..."""
     from npgpt.training.loop import train as run_training
     from npgpt.training.run_directory import resumed_settings
     from npgpt.training.settings import TrainError, resolve_settings
+    from npgpt.training.stopping import Stopped
 
     given = {key: value for key, value in flags.items() if value not in (None, ())}
     try:
         resumed = None if resume is None else resumed_settings(resume)
         settings = resolve_settings(given, config_file, resumed)
         run_training(settings, training_backend(settings.backend), resume, progress)
-    except TrainError as err:
+    except TrainError as err:  # a WriteError (a full disk) too: its message says what to do
         fail(str(err))
+    except Stopped as stop:  # the checkpoint is saved and the run said where
+        sys.exit(stop.exit_status)
 
 
 def eval_windows(data, T, stride, val_fraction, cache_dir):
-    """(windows, what they are) to evaluate on: the text files given, whole, or the built-in
-    corpus' validation split, as training holds it out."""
-    from npgpt.training import corpus
-    from npgpt.training.windows import Windows, split
+    """(windows, what they are) to evaluate on (npgpt.training.dataset.evaluation_windows)."""
+    from npgpt.training.corpus import DataError
+    from npgpt.training.dataset import evaluation_windows
 
     try:
-        docs, source = corpus.load_documents(data)
-        ids = corpus.token_ids(docs, cache_dir)
-        if not data:
-            _, validation = split(ids, T, stride, val_fraction, source)
-            return validation, f"{source} validation split"
-        if len(ids) < T + 1:
-            split(ids, T, stride, 0.5, source)  # raises the too-short error
-        return Windows(ids, T, stride), source
-    except corpus.DataError as err:
+        return evaluation_windows(data, T, stride, val_fraction, cache_dir)
+    except DataError as err:
         fail(str(err))
 
 
@@ -216,7 +212,12 @@ def mean_loss(loss, windows, batch_size, max_batches):
 
 @main.command(name="eval")
 @model_options
-@click.option("--data", multiple=True, help="Text file or glob (default: built-in validation).")
+@click.option(
+    "--data",
+    multiple=True,
+    help="Text file or glob, or a prepared directory (its validation split); default: the "
+    "built-in corpus' validation split.",
+)
 @click.option("--val-fraction", default=0.1, show_default=True, help="Built-in corpus split.")
 @click.option("--context-length", type=int, default=None, help="Default: the model's.")
 @click.option("--stride", type=int, default=None, help="Default: the context length.")
@@ -238,6 +239,34 @@ def evaluate(checkpoint, backend, device, dtype, data, val_fraction, context_len
     loss, count = mean_loss(model.loss, windows, batch_size, max_batches)
     click.echo(f"loss {loss:.4f}  perplexity {math.exp(loss):.2f}")
     click.echo(f"{count} windows of {T} tokens from {source} ({backend}, {dtype})", err=True)
+
+
+# ---- prepare -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("data", nargs=-1, required=True)
+@click.option("--out", required=True, help="Directory for the shards and manifest.json.")
+@click.option("--text-field", default="text", show_default=True, help="JSON Lines field.")
+@click.option("--val-fraction", default=0.1, show_default=True, help="Share held out.")
+@click.option("--shard-tokens", default=1 << 25, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Default: every core.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def prepare(data, out, text_field, val_fraction, shard_tokens, workers, progress):
+    """Encode text files and globs (UTF-8) and JSON Lines (.jsonl) into GPT-2 token shards
+    that `train --data OUT` and `eval --data OUT` memory-map. A stopped prepare resumes when
+    run again with the same arguments."""
+    from npgpt.training.corpus import DataError
+    from npgpt.training.prepare import describe
+    from npgpt.training.prepare import prepare as prepare_corpus
+
+    try:
+        manifest = prepare_corpus(
+            data, out, text_field, val_fraction, shard_tokens, workers, progress
+        )
+    except DataError as err:
+        fail(str(err))
+    click.echo(describe(manifest, out))
 
 
 # ---- download, convert, info ---------------------------------------------------------------

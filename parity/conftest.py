@@ -1,4 +1,5 @@
-"""pytest set-up for the parity suite: Hypothesis profiles, devices, and `--parity-report`.
+"""pytest set-up for the parity suite: devices and `--parity-report` (the Hypothesis profiles
+are the repository's: ../conftest.py).
 
 pytest parity                                  the `ci` profile (default)
 pytest parity --hypothesis-profile thorough    many more examples (about 30 minutes)
@@ -8,30 +9,8 @@ pytest parity --parity-report out.md           also write every tensor's error o
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
 
 from parity import report
-
-# ci: a fixed, bounded set of examples (derandomize: the same draws on every run and machine,
-# no example database), so a red CI run is reproducible and the whole suite stays within ~3
-# minutes on 2 cores. thorough: fresh random draws, 10x the examples.
-settings.register_profile(
-    "ci",
-    max_examples=20,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile(
-    "thorough",
-    max_examples=400,
-    deadline=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.load_profile("ci")  # `--hypothesis-profile NAME` (Hypothesis' own option) overrides
 
 CUDA_SKIP = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA GPU: torch.cuda.is_available() is False"
@@ -58,13 +37,3 @@ def pytest_sessionfinish(session):
     path = session.config.getoption("--parity-report", default=None)
     if path:
         report.write(path)
-
-
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """Run a module's torch work on one thread, then restore the count: drawn models are small,
-    and OpenMP's start-up and spinning cost more than the work on a busy 2-core machine."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)

@@ -1,26 +1,40 @@
 """Fixtures shared by the training tests of both backends."""
 
 import pytest
+from trainrun import cli_run, stop_settings, train_args, train_on_one_thread
 
 from npgpt.training.corpus import builtin_documents
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def write_corpus(directory):
     """~25 kB of the built-in corpus as a text file: a few thousand tokens."""
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path = directory / "corpus.txt"
     path.write_text("\n\n".join(builtin_documents()[:6])[:25_000])
     return path
 
 
 @pytest.fixture(scope="module")
-def one_torch_thread():
-    """Run a module's torch work on one thread, then restore the count. The tensors are tiny:
-    OpenMP's start-up and spinning cost more than the work on a busy 2-core machine; and the
-    kill-and-resume tests' subprocesses use one thread too, so float64 sums add up in the same
-    order everywhere."""
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def straight_runs(tmp_path_factory):
+    """The uninterrupted run of trainrun.stop_settings on a backend, made on first use, on one
+    thread: what every stopped or killed run must end as. Its corpus is a copy of `corpus`.
+    numpy's in a subprocess (OMP_NUM_THREADS; OpenBLAS's threads cannot be set once loaded),
+    torch's here (set_num_threads; a torch process takes seconds to start)."""
+    root, made = tmp_path_factory.mktemp("straight"), {}
+    corpus = write_corpus(root)
+
+    def run(backend):
+        if backend not in made:
+            settings = stop_settings(corpus, root / backend, backend)
+            if backend == "torch":
+                train_on_one_thread(settings)
+            else:
+                cli_run(*train_args(settings, root))
+            made[backend] = root / backend
+        return made[backend]
+
+    return run

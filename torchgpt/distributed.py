@@ -7,8 +7,9 @@ its own contiguous rows of every micro-batch:
     8 windows, 4 ranks:   rank 0 takes rows 0 1, rank 1 rows 2 3, rank 2 rows 4 5, rank 3 rows 6 7
 
 so `--batch-size` means the same thing on any number of processes, and the same command trains
-the same model on 1 or 8 GPUs. The collectives here (an all-reduce of the loss, an all-gather of
-the RNG states) and DDP's gradient all-reduce keep the processes together: one that runs ahead
+the same model on 1 or 8 GPUs. The collectives here (an all-reduce of the loss, one of the stop
+requests at every step's start and between its micro-batches, an all-gather of the RNG states)
+and DDP's gradient all-reduce keep the processes together: one that runs ahead
 waits at the next of them. So no barrier is needed during a run: while the main process writes
 a checkpoint, the others go on to the next step and wait there, at the gradient all-reduce. At
 the end there is no next collective, and a process that tears down its connections while
@@ -101,6 +102,15 @@ def mean_over_ranks(value, ranks, device):
     t = torch.tensor(value, dtype=torch.float64, device=device)
     dist.all_reduce(t)  # SUM: gloo has no AVG
     return t.item() / ranks.world_size
+
+
+def max_over_ranks(value, ranks, device):
+    """The largest of a Python int over all ranks: what every rank then acts on."""
+    if ranks.world_size == 1:
+        return value
+    t = torch.tensor(value, dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def gather_hex(state, ranks, device):

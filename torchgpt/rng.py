@@ -54,3 +54,17 @@ def restore_rng_states(states, ranks, device, scaler, seed, step):
     random.setstate((version, tuple(internal), gauss))
     if "scaler" in states and scaler.is_enabled():
         scaler.load_state_dict(states["scaler"])
+
+
+def local_rng_state(device):
+    """This process's generators that dropout draws from: what a step abandoned in the middle
+    (npgpt.training.stopping) puts back, so that its draws never happened."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def set_local_rng_state(state, device):
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)

@@ -26,7 +26,8 @@ contiguous rows of it (`torchgpt.distributed`). DDP averages the gradients acros
 during the backward of the last micro-batch of an accumulation only (`no_sync` on the others);
 the loss reported is the mean over processes. Process 0 alone logs, samples and writes
 checkpoints; at a checkpoint every process hands in its RNG state first (an all-gather), so that
-`--resume` restores each one's.
+`--resume` restores each one's. A signal may reach the processes at different times: they agree
+on stopping by an all-reduce of their requests (`agreed_stop`, npgpt.training.stopping).
 """
 
 import contextlib
@@ -37,12 +38,18 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from npgpt.optim import AdamWSettings, decaying
-from npgpt.training.backend import BackendState
+from npgpt.training.backend import BackendState, never
 from npgpt.training.settings import TrainError, adamw_settings
-from torchgpt.distributed import leave, mean_over_ranks, start_distributed
+from torchgpt.distributed import leave, max_over_ranks, mean_over_ranks, start_distributed
 from torchgpt.generate import generate
 from torchgpt.model import GPT
-from torchgpt.rng import restore_rng_states, rng_states, seed_everything
+from torchgpt.rng import (
+    local_rng_state,
+    restore_rng_states,
+    rng_states,
+    seed_everything,
+    set_local_rng_state,
+)
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # the --amp choices
 
@@ -145,12 +152,17 @@ class TorchBackend:
         mine = self.ranks.rows(len(x))
         return tuple(torch.from_numpy(a[mine]).to(self.device, non_blocking=True) for a in (x, y))
 
-    def train_step(self, micro_batches, lr):
+    def train_step(self, micro_batches, lr, stop_now=never):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         n = len(micro_batches)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        rng_before = local_rng_state(self.device)  # to undo an abandoned step's dropout draws
         for i, (x, y) in enumerate(micro_batches):
+            if i > 0 and stop_now():  # every rank asks here: all abandon, or none
+                self.optimizer.zero_grad(set_to_none=True)
+                set_local_rng_state(rng_before, self.device)
+                return None
             # DDP all-reduces gradients during backward; do it once, on the last micro-batch
             sync = self.ranks.world_size == 1 or i == n - 1
             with contextlib.nullcontext() if sync else self.runner.no_sync():
@@ -164,6 +176,9 @@ class TorchBackend:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return mean_over_ranks(loss_sum.item() / n, self.ranks, self.device), norm.item()
+
+    def agreed_stop(self, signum):
+        return max_over_ranks(signum, self.ranks, self.device)
 
     @torch.no_grad()
     def eval_loss(self, x, y):

@@ -32,6 +32,11 @@ class BackendState(typing.NamedTuple):
     rng: typing.Any  # a JSON-serialisable RNG state that the same backend restores; None: fresh
 
 
+def never():
+    """A `stop_now` that never says stop: a step taken outside the loop."""
+    return False
+
+
 @typing.runtime_checkable
 class Backend(typing.Protocol):
     """What the loop calls; each backend is a class with these members (see above)."""
@@ -42,11 +47,20 @@ class Backend(typing.Protocol):
     # only the main one has it True; the loop needs to know nothing else about the others.
     is_main: bool
 
-    def train_step(self, micro_batches, lr) -> tuple[float, float]:
+    def train_step(self, micro_batches, lr, stop_now=never) -> tuple[float, float] | None:
         """One optimizer update. `micro_batches`: a list of (x, y), int64 arrays (B, T). Forward
         and backward on each (dropout on), average the gradients, clip their global norm to
         `settings.clip`, apply AdamW with learning rate `lr`. Returns the mean loss over the
-        micro-batches and the gradient norm before clipping, as Python floats."""
+        micro-batches and the gradient norm before clipping, as Python floats.
+
+        Before each micro-batch but the first it asks `stop_now()` (every process at the same
+        points: stopping.py); on True it abandons the step, undoing what the step had done
+        (gradients, dropout draws), and returns None."""
+        ...
+
+    def agreed_stop(self, signum) -> int:
+        """The signal every process stops for: the largest `signum` (0: none) of all processes.
+        Under data parallelism an all-reduce, so all stop at the same point; else `signum`."""
         ...
 
     def eval_loss(self, x, y) -> float:
@@ -81,9 +95,13 @@ class NumpyBackend:
         self.adamw = adamw_settings(settings)
         self.description = f"numpy {settings.dtype}"
 
-    def train_step(self, micro_batches, lr):
+    def train_step(self, micro_batches, lr, stop_now=never):
+        rng_before = self.rng.bit_generator.state  # to undo an abandoned step's dropout draws
         total, loss_sum = None, 0.0
-        for x, y in micro_batches:
+        for i, (x, y) in enumerate(micro_batches):
+            if i > 0 and stop_now():
+                self.rng.bit_generator.state = rng_before
+                return None
             _, loss, cache = model.forward(self.params, self.config, x, y, train=True, rng=self.rng)
             grads = model.backward(cache)
             loss_sum += float(loss)
@@ -98,6 +116,9 @@ class NumpyBackend:
         self.updates += 1
         optim.adamw_step(self.params, total, self.moments, self.updates, lr, self.adamw)
         return loss_sum / len(micro_batches), norm
+
+    def agreed_stop(self, signum):
+        return signum  # one process: its own request is the agreement
 
     def eval_loss(self, x, y):
         return float(model.forward(self.params, self.config, x, y)[1])

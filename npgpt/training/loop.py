@@ -2,7 +2,7 @@
 
     lr        = learning_rate(step)                          warm-up, then cosine (schedule.py)
     windows   = next batch_size * grad_accum window indices  seeded order (windows.py)
-    loss      = backend.train_step(micro_batches, lr)        forward + backward per micro-batch,
+    loss      = backend.train_step(micro_batches, lr, ...)   forward + backward per micro-batch,
                                                              mean gradient, clip, AdamW (backend.py)
     every eval_every steps:    train and validation loss on FIXED batches (the same windows each
                                time, so the curve shows the model, not batch noise)
@@ -15,6 +15,10 @@ records); what stays put is a `Job`. Resume (`--resume DIR`) restores the RunSta
 backend's state, so a resumed run takes exactly the steps the uninterrupted run would have: same
 batches, same dropout masks, same learning rates; in float64 the NumPy backend's parameters,
 moments and losses match bit for bit (tests/test_train.py).
+
+SIGTERM or SIGINT stops the run at the next micro-batch boundary with the checkpoint of its last
+finished step saved (stopping.py); a write that fails (a full disk) stops it with the previous
+checkpoint intact (run_directory.py).
 """
 
 import dataclasses
@@ -29,8 +33,9 @@ from npgpt import model, optim
 from npgpt.config import GPTConfig
 from npgpt.schedule import learning_rate
 from npgpt.tokenizer import get_tokenizer
-from npgpt.training import corpus, metrics, run_directory, windows
+from npgpt.training import dataset, metrics, run_directory, stopping, windows
 from npgpt.training.backend import Backend, BackendState
+from npgpt.training.corpus import DataError
 from npgpt.training.plot import plot_losses
 from npgpt.training.run_directory import CHECKPOINT_DIR, METRICS_FILE, PLOT_FILE, RunState
 from npgpt.training.settings import (
@@ -64,7 +69,8 @@ class Job:
 
 def train(settings, make_backend, resume=None, progress=True):
     """Run (or continue, from the checkpoint at `resume`) a training run; return the last
-    metrics record. Every user error is raised as TrainError before anything is written."""
+    metrics record. Every user error is raised as TrainError before anything is written; a
+    failed write as run_directory.WriteError; a stop on a signal as stopping.Stopped."""
     check_settings(settings)
     config = model_config(settings)
     train_windows, val_windows, source = load_data(settings, config)
@@ -76,18 +82,32 @@ def train(settings, make_backend, resume=None, progress=True):
     if backend.is_main:
         run_directory.start(out, run.records)
         print(headline(job), file=sys.stderr)
-    if run.step == 0:
+    with stopping.on_signals(backend.agreed_stop, show=backend.is_main) as stop:
+        run_steps(job, run, stop, progress)
+        backend.close()
+    return finish(job, run, stop)
+
+
+def run_steps(job, run, stop, progress):
+    """The steps from `run` to the end, or until every process agrees to stop (stopping.py)."""
+    settings, backend, max_steps = job.settings, job.backend, job.max_steps
+    if not run.records:  # a fresh run: the untrained model's losses are step 0's
         first = {"step": 0, "tokens": 0, "loss": None, "lr": None, "tokens_per_s": None}
         log(job, run, evaluate(job, first))
     shown = progress and backend.is_main
     bar = tqdm(total=max_steps, initial=run.step, disable=not shown, file=sys.stderr, unit="step")
-    while run.step < max_steps:
+    saved = None  # the step of the checkpoint last written
+    while run.step < max_steps and not stop.now():
         lr = learning_rate(run.step, settings.lr, settings.min_lr, settings.warmup_steps, max_steps)
-        micro_batches, run.position = next_micro_batches(job, run.position)
+        micro_batches, position = next_micro_batches(job, run.position)
         start = time.perf_counter()
-        loss, _ = backend.train_step(micro_batches, lr)
+        result = backend.train_step(micro_batches, lr, stop.now)
+        if result is None:  # stopped between two micro-batches: the step was undone
+            break
         seconds = time.perf_counter() - start
+        loss, _ = result
         run.step, run.tokens = run.step + 1, run.tokens + job.tokens_per_step
+        run.position = position  # taken only now: an abandoned step leaves it where it was
         speed = job.tokens_per_step / seconds
         record = dict(step=run.step, tokens=run.tokens, loss=loss, lr=lr, tokens_per_s=speed)
         bar.update(1)
@@ -100,25 +120,38 @@ def train(settings, make_backend, resume=None, progress=True):
             show_sample(job, run.step)
         if run.step % settings.save_every == 0 or last:
             save(job, run)
+            saved = run.step
     bar.close()
-    backend.close()
-    if backend.is_main:
-        print(f"checkpoint: {out / CHECKPOINT_DIR}", file=sys.stderr)
-    return run.records[-1]
+    if stop.agreed and saved != run.step:
+        save(job, run)
+
+
+def finish(job, run, stop):
+    """The last word, from the main process: where the checkpoint is. A stopped run then raises
+    `Stopped` in every process (the command exits with its status)."""
+    where = job.out / CHECKPOINT_DIR
+    if not stop.agreed:
+        if job.backend.is_main:
+            print(f"checkpoint: {where}", file=sys.stderr)
+        return run.records[-1]
+    message = (
+        f"stopped by {stopping.signal_name(stop.agreed)} after step {run.step} of "
+        f"{job.max_steps}: checkpoint {where}; continue with --resume {job.out}"
+    )
+    if job.backend.is_main:
+        print(message, file=sys.stderr)
+    raise stopping.Stopped(message, stop.agreed)
 
 
 def load_data(settings, config):
     """(train Windows, validation Windows, where the text comes from)."""
+    stride = settings.stride or config.context_length
     try:
-        documents, source = corpus.load_documents(settings.data)
-        ids = corpus.token_ids(documents, settings.cache_dir)
-        stride = settings.stride or config.context_length
-        train_windows, val_windows = windows.split(
-            ids, config.context_length, stride, settings.val_fraction, source
+        return dataset.training_windows(
+            settings.data, config.context_length, stride, settings.val_fraction, settings.cache_dir
         )
-    except corpus.DataError as err:
+    except DataError as err:
         raise TrainError(str(err)) from None
-    return train_windows, val_windows, source
 
 
 def begin(settings, config, out, resume):
@@ -191,7 +224,8 @@ def show_sample(job, step):
 def log(job, run, record):
     run.records.append(record)
     if job.backend.is_main:
-        metrics.append(job.out / METRICS_FILE, record)
+        with run_directory.writing(job.out / METRICS_FILE, f"the metrics of step {run.step}"):
+            metrics.append(job.out / METRICS_FILE, record)
 
 
 def save(job, run):
@@ -200,4 +234,5 @@ def save(job, run):
     if job.backend.is_main:
         run_directory.save(job.out, job.config, job.settings, job.max_steps, run, state)
         title = f"{job.settings.preset} on {job.source}"
-        plot_losses(run.records, job.out / PLOT_FILE, title=title)
+        with run_directory.writing(job.out / PLOT_FILE, f"the loss plot of step {run.step}"):
+            plot_losses(run.records, job.out / PLOT_FILE, title=title)

@@ -14,9 +14,14 @@
 
 Either backend writes and reads the same files. A run directory holds one run: starting another
 in it is refused, continuing it is `--resume`, which takes the run directory or its checkpoint/.
+A write that fails (a full disk) raises WriteError, which says what could not be written, why,
+which checkpoint is intact and what to do; a checkpoint that could not be written whole leaves
+the previous one in place and no temporary directory behind (snapshot.py).
 """
 
+import contextlib
 import dataclasses
+import errno
 import json
 from pathlib import Path
 
@@ -36,6 +41,10 @@ STATE_FILE = "trainer_state.json"
 SETTINGS_FILE = "train_config.json"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
+
+
+class WriteError(TrainError):
+    """A file of the run directory could not be written; the last checkpoint is intact."""
 
 
 @dataclasses.dataclass
@@ -144,4 +153,43 @@ def save(out, config, settings, max_steps, run, state):
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1) + "\n")
         (tmp / SETTINGS_FILE).write_text(json.dumps(trainer_state["settings"], indent=2) + "\n")
 
-    snapshot.write_directory(out / CHECKPOINT_DIR, write_files)
+    with writing(out / CHECKPOINT_DIR, f"the checkpoint of step {run.step}"):
+        snapshot.write_directory(out / CHECKPOINT_DIR, write_files)
+
+
+@contextlib.contextmanager
+def writing(path, what):
+    """Turn an OSError raised while writing `what` to `path` (in a run directory) into a
+    WriteError that says what to do."""
+    try:
+        yield
+    except OSError as err:
+        raise WriteError(write_failure(path, what, err)) from None
+
+
+def write_failure(path, what, err):
+    """e.g. "runs/tiny/checkpoint: cannot write the checkpoint of step 6: the disk is full (No
+    space left on device); the checkpoint of step 4 in runs/tiny/checkpoint is intact: free
+    some space, then continue with --resume runs/tiny"."""
+    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}
+    reason = f"{why[err.errno]} ({err.strerror})" if err.errno in why else err.strerror or err
+    out = path.parent
+    step = saved_step(out / CHECKPOINT_DIR)
+    fix = "free some space" if err.errno in why else "fix this"
+    if step is None:
+        advice = f"no checkpoint had been written yet: {fix}, then start the run again"
+    else:
+        advice = (
+            f"the checkpoint of step {step} in {out / CHECKPOINT_DIR} is intact: {fix}, then "
+            f"continue with --resume {out}"
+        )
+    return f"{path}: cannot write {what}: {reason}; {advice}"
+
+
+def saved_step(directory):
+    """The step of the checkpoint in `directory`, or None if there is none."""
+    try:
+        snapshot.recover(directory)
+        return json.loads((directory / STATE_FILE).read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -99,7 +99,8 @@ class TrainSettings:
         fixed_on_resume=True,
     )
     data: tuple[str, ...] = declare(
-        (), str, help="Text file or glob, repeatable (default: the built-in corpus).",
+        (), str, help="Text file or glob, repeatable, or one directory made by `prepare` "
+        "(default: the built-in corpus).",
         fixed_on_resume=True,
     )
     context_length: int | None = declare(

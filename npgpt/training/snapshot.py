@@ -9,8 +9,10 @@ would pair new weights with old moments. Instead the whole directory is swapped:
     3. rename  .checkpoint.tmp-XXXX/ -> checkpoint/, fsync the parent directory
     4. delete  checkpoint.old/
 
-Renames within one file system are atomic, so at every instant one of these holds, and
-`recover` (run before reading or writing) turns each into a single complete `checkpoint/`:
+A writer that fails (a full disk) deletes the temporary directory and, if it failed between
+the renames, renames checkpoint.old/ back. Renames within one file system are atomic, so at
+every instant one of these holds, and `recover` (run before reading or writing) turns each into
+a single complete `checkpoint/`:
 
     killed during 1          checkpoint/ is the previous one; the temporary dir is deleted
     killed between 2 and 3   only checkpoint.old/ exists: it is renamed back
@@ -65,5 +67,7 @@ def write_directory(target, write_files):
         fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old_path(target).exists() and not target.exists():  # failed between the renames
+            os.rename(old_path(target), target)  # so that the previous one is where it was
         raise
     shutil.rmtree(old_path(target), ignore_errors=True)

@@ -29,6 +29,7 @@ continues into the next epoch's permutation.
 """
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from npgpt.training.corpus import DataError
 class Windows:
     """Sliding windows of T + 1 tokens over `ids`, `stride` apart (see the module docstring)."""
 
-    ids: np.ndarray  # (n,)
+    ids: np.ndarray  # (n,), or a memory-mapped shards.TokenStore, indexed alike
     context_length: int
     stride: int
 
@@ -54,14 +55,20 @@ class Windows:
         return rows[:, :-1], rows[:, 1:]
 
 
-def split(ids, context_length, stride, val_fraction, source):
-    """(train Windows, validation Windows); the validation split is the last val_fraction."""
+def check_length(ids, context_length, source):
+    """A DataError if `ids` are too few for one window."""
     need = context_length + 1
     if len(ids) < need:
         raise DataError(
             f"{source}: the corpus has {len(ids)} tokens but needs at least context_length + 1 = "
             f"{need}; give more text or lower --context-length"
         )
+
+
+def split(ids, context_length, stride, val_fraction, source):
+    """(train Windows, validation Windows); the validation split is the last val_fraction."""
+    check_length(ids, context_length, source)
+    need = context_length + 1
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
     n_val = int(round(len(ids) * val_fraction))
@@ -85,8 +92,14 @@ class Position:
     cursor: int = 0
 
 
+@functools.lru_cache(maxsize=1)
 def epoch_order(num_windows, seed, epoch):
-    return np.random.default_rng([seed, epoch]).permutation(num_windows)
+    """The epoch's permutation of the windows, made once per epoch (every step draws from it);
+    4 bytes a window, the one thing in memory that grows with the corpus."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_windows)
+    order = order.astype(np.int32) if num_windows < 2**31 else order
+    order.flags.writeable = False
+    return order
 
 
 def next_indices(num_windows, count, seed, position):

@@ -131,7 +131,10 @@ def train_option(setting):
     """The click option of one training setting (npgpt.training.settings declares them all).
     Its default is None, so that `train` knows which flags were typed; the setting's own
     default applies unless the resumed run or a --config file says otherwise."""
-    shown = f" [default: {setting.default}]" if setting.default not in (None, ()) else ""
+    shown = [] if setting.default in (None, ()) else [f"default: {setting.default}"]
+    if setting.fine_tuning not in (setting.default, None):
+        shown.append(f"with --init-from: {setting.fine_tuning}")
+    shown = f" [{'; '.join(shown)}]" if shown else ""
     if setting.kind is bool:
         return click.option(setting.flag, is_flag=True, default=None, help=setting.help)
     return click.option(
@@ -169,7 +172,8 @@ def training_backend(name):
 @click.option("--resume", default=None, help="Continue the run in this directory.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(config_file, resume, progress, **flags):
-    """Train a GPT (from scratch or --resume) on text files or the built-in corpus.
+    """Train a GPT (from scratch, --init-from a checkpoint, or --resume) on text files or the
+    built-in corpus.
 
     SIGTERM or Ctrl-C saves a checkpoint and exits (status 0 or 130); --resume continues.
     Several GPUs: torchrun --nproc_per_node N cli.py train --backend torch ..."""

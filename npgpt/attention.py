@@ -12,6 +12,9 @@ With a KV cache (`past_kv`, the (k, v) of T_past earlier positions), the T new q
 to the cached keys as well: key j is visible to query i when j <= i + T_past, so one formula
 serves training and generation; the cache's k and v, over all T_past + T positions, are then
 the next `past_kv`. Backward is defined for the training case (no KV cache).
+Speed     q, k and v are copied once into head-major order, and each result is written straight
+          into its final layout (y into the merged heads, dq, dk, dv into dqkv's slots), so no
+          product reads a strided view; `threads.rows` hands blocks of heads to the cores.
 
 >>> qkv = np.random.default_rng(0).standard_normal((1, 4, 6))       # B=1, T=4, C=2, 2 heads
 >>> y, _ = forward(qkv, n_heads=2)
@@ -24,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from npgpt import dropout
+from npgpt import dropout, threads
 
 
 class AttentionCache(NamedTuple):
@@ -61,32 +64,68 @@ def softmax(s):
     return e
 
 
+def heads_first(*arrays):
+    """(B, H, ...) views as (H, B, ...): `threads.rows` then hands out blocks of heads."""
+    return tuple(a.swapaxes(0, 1) for a in arrays)
+
+
 def forward(qkv, n_heads, drop_rate=0.0, keep=None, past_kv=None):
-    q, k, v = (split_heads(part, n_heads) for part in np.split(qkv, 3, axis=-1))
+    B, T, _ = qkv.shape
+    # q, k, v (B, H, T, D): one copy into head-major order, so every product reads plain arrays
+    q, k, v = np.ascontiguousarray(qkv.reshape(B, T, 3, n_heads, -1).transpose(2, 0, 3, 1, 4))
     if past_kv is not None:
         k = np.concatenate([past_kv[0], k], axis=2)
         v = np.concatenate([past_kv[1], v], axis=2)
     scale = np.asarray(1.0 / np.sqrt(q.shape[-1]), dtype=qkv.dtype)
-    s = (q * scale) @ k.transpose(0, 1, 3, 2)  # (B, H, T, T_key); scaling q is T/D x cheaper
-    np.copyto(s, -np.inf, where=causal_mask(q.shape[2], k.shape[2]))  # mask broadcast over B, H
-    p = softmax(s)
+    p = np.empty((B, n_heads, T, k.shape[2]), dtype=qkv.dtype)  # (B, H, T, T_key)
+    threads.rows(probabilities, heads_first(q, k, p), scale, causal_mask(T, k.shape[2]))
     p_drop, drop = dropout.forward(p, drop_rate, keep)
-    y = merge_heads(p_drop @ v)
-    return y, AttentionCache(q, k, v, scale, p, p_drop, drop)
+    y = np.empty((B, T, n_heads, q.shape[-1]), dtype=qkv.dtype)  # the heads merged: (B, T, C)
+    # y = p' @ v, each head written straight into its place in y
+    threads.rows(matmul_into, heads_first(p_drop, v, y.swapaxes(1, 2)))
+    return y.reshape(B, T, -1), AttentionCache(q, k, v, scale, p, p_drop, drop)
+
+
+def probabilities(q, k, p, scale, mask):
+    """p = softmax(masked (q * scale) @ k^T) for a block of heads, written into p."""
+    np.matmul(q * scale, k.swapaxes(-1, -2), out=p)  # scaling q is T/D x cheaper than s
+    np.copyto(p, -np.inf, where=mask)  # the (T, T_key) mask broadcast over heads and batch
+    softmax(p)
+
+
+def matmul_into(a, b, out):
+    np.matmul(a, b, out=out)
 
 
 def backward(dy, cache):
     q, k, v, scale, p, p_drop, drop = cache
-    if k.shape[2] != q.shape[2]:
+    B, H, T, D = q.shape
+    if k.shape[2] != T:
         raise ValueError("attention backward is defined for training, not with a KV cache")
-    dy = split_heads(dy, q.shape[1])  # (B, H, T, D)
-    dp_drop = dy @ v.transpose(0, 1, 3, 2)  # (B, H, T, T)
-    dv = p_drop.transpose(0, 1, 3, 2) @ dy
+    dy = np.ascontiguousarray(split_heads(dy, H))  # (B, H, T, D), one copy
+    dp_drop = np.empty_like(p)  # (B, H, T, T)
+    dqkv = np.empty((B, T, 3, H, D), dtype=dy.dtype)  # (B, T, 3C) once reshaped
+    dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)  # (B, H, T, D) views: each gradient in its place
+    # dp' = dy @ v^T,  dv = p'^T @ dy
+    threads.rows(values_backward, heads_first(dy, v, p_drop, dp_drop, dv))
     dp = dropout.backward(dp_drop, drop)
-    # ds = p * (dp - sum_j(dp * p)), in one buffer
-    ds = dp * p
-    ds -= p * ds.sum(axis=-1, keepdims=True)
-    dq = (ds @ k) * scale  # the scale applied to (T, D) results, not to the (T, T) ds
-    dk = (ds.transpose(0, 1, 3, 2) @ q) * scale
-    dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)
-    return dqkv, dp
+    threads.rows(scores_backward, heads_first(dp, p, q, k, dq, dk), scale)
+    return dqkv.reshape(B, T, 3 * H * D), dp
+
+
+def values_backward(dy, v, p_drop, dp_drop, dv):
+    """dp' and dv for a block of heads."""
+    np.matmul(dy, v.swapaxes(-1, -2), out=dp_drop)
+    np.matmul(p_drop.swapaxes(-1, -2), dy, out=dv)
+
+
+def scores_backward(dp, p, q, k, dq, dk, scale):
+    """dq and dk for a block of heads, through the softmax and s = q k^T / sqrt(D)."""
+    # ds = p * (dp - sum_j(dp * p))
+    ds = dp - np.einsum("...ij,...ij->...i", dp, p)[..., None]
+    ds *= p
+    # dq = ds @ k / sqrt(D),  dk = ds^T @ q / sqrt(D): the scale applied to (T, D), not (T, T)
+    np.matmul(ds, k, out=dq)
+    dq *= scale
+    np.matmul(ds.swapaxes(-1, -2), q, out=dk)
+    dk *= scale

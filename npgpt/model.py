@@ -12,6 +12,10 @@ returns one gradient per parameter; `backward(cache, return_activation_grads=Tru
 (grads, activation_grads), the gradient of every named activation as well. The head reuses wte,
 so wte's gradient is the sum of two paths: the head's, dlogits^T @ ln_f (V, C), into which the
 embedding's backward adds its rows.
+Backward uses the cache up, as torch's `loss.backward()` frees its graph: it first empties
+`cache.activations` (and each layer's), then lets go of each layer's saved arrays once that
+layer's gradients are computed, so the gradients take the place of the activations. Read (or
+copy) the activations before backward; a second backward needs a fresh forward.
 
 Generation. `decode(params, config, idx, past_kv)` runs new tokens after the ones whose keys
 and values `past_kv` holds, and returns (logits, kv): `kv` is the next call's `past_kv`. It
@@ -25,12 +29,12 @@ computes what `forward` computes, without dropout, loss or backward cache.
 >>> logits, loss, cache = forward(params, cfg, idx, targets=np.array([[2, 3, 4]]))
 >>> logits.shape, logits.dtype, bool(abs(loss - np.log(cfg.vocab_size)) < 0.1)
 ((1, 3, 50257), dtype('float32'), True)
->>> grads = backward(cache)
->>> sorted(grads) == sorted(params)
-True
+>>> activations = dict(cache.activations)              # kept beyond backward, which uses it up
 >>> grads, activation_grads = backward(cache, return_activation_grads=True)
->>> activation_grads["h.0.ln_1"].shape == cache.activations["h.0.ln_1"].shape == (1, 3, 64)
+>>> activation_grads["h.0.ln_1"].shape == activations["h.0.ln_1"].shape == (1, 3, 64)
 True
+>>> sorted(grads) == sorted(params), cache.activations
+(True, {})
 >>> step_logits, kv = decode(params, cfg, idx[:, :2])
 >>> step_logits, kv = decode(params, cfg, idx[:, 2:], past_kv=kv)
 >>> bool(np.allclose(step_logits[:, -1], logits[:, -1], atol=1e-5)), kv[0][0].shape
@@ -41,11 +45,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from npgpt import block, crossentropy, dropout, embedding, layernorm, linear
+from npgpt import block, crossentropy, dropout, embedding, layernorm, linear, threads
 from npgpt.config import GPTConfig
 from npgpt.names import activation_names, dropout_mask_shapes, param_shapes
 
 INIT_STD = 0.02
+VOCAB_BLOCK = 4096  # vocabulary columns of dlogits built at a time: (N, 4096), never (N, V)
 RESIDUAL_PROJECTIONS = ("attn.c_proj.weight", "mlp.c_proj.weight")
 
 
@@ -130,6 +135,7 @@ def check_targets(targets, idx):
     return targets
 
 
+@threads.one_blas_thread
 def forward(params, config, idx, targets=None, *, train=False, rng=None, dropout_masks=None):
     """Returns (logits, loss or None, ModelCache). With `train=True` and drop_rate > 0, dropout is
     on, its masks taken from `dropout_masks` by name or drawn from `rng`."""
@@ -170,35 +176,62 @@ def forward(params, config, idx, targets=None, *, train=False, rng=None, dropout
     return logits, loss, cache
 
 
-def tied_head_backward(dlogits, ln_f, wte):
-    """The head, logits = ln_f @ wte^T, by hand: returns dln_f and the head's share of dwte.
-    linear.backward would give the weight's gradient as (C, V), wte^T's layout, and adding that
-    into wte's (V, C) is a slow strided pass."""
+def tied_head_backward(crossentropy_cache, ln_f, wte, keep_dlogits=False):
+    """The head, logits = ln_f @ wte^T, by hand, with the cross-entropy's backward folded in:
+    dlogits is built one block c of vocabulary columns at a time and used at once,
+        dln_f = sum over c of dlogits[:, c] @ wte[c],    dwte[c] = dlogits[:, c]^T @ ln_f,
+    so the (N, V) gradient, the model's largest array, never exists whole (unless
+    `keep_dlogits`, for the activation grads), and each block writes its own rows of dwte, in
+    wte's (V, C) layout. Returns (dln_f, the head's share of dwte, dlogits or None). Naive form:
+        dlogits = crossentropy.backward(1.0, cache)
+        dln_f = dlogits @ wte;  dwte = dlogits.T @ ln_f
+    """
     V, C = wte.shape
-    dlogits_2d = dlogits.reshape(-1, V)  # (N, V)
-    # dln_f = dlogits @ wte
-    dln_f = (dlogits_2d @ wte).reshape(ln_f.shape)  # (B, T, C)
-    # dwte = dlogits^T @ ln_f, computed directly in wte's (V, C) layout
-    dwte = dlogits_2d.T @ ln_f.reshape(-1, C)
-    return dln_f, dwte
+    ln_f_2d = ln_f.reshape(-1, C)  # (N, C)
+    dwte = np.empty_like(wte)  # (V, C)
+    dlogits = np.empty((len(ln_f_2d), V), dtype=wte.dtype) if keep_dlogits else None
+
+    def block(columns):
+        dlogits_block = crossentropy.backward_columns(1.0, crossentropy_cache, columns)
+        np.matmul(dlogits_block.T, ln_f_2d, out=dwte[columns])
+        if dlogits is not None:
+            dlogits[:, columns] = dlogits_block
+        return dlogits_block @ wte[columns]  # this block's share of dln_f
+
+    dln_f = sum(threads.blocks(block, V, VOCAB_BLOCK))  # added in block order: deterministic
+    if dlogits is not None:
+        dlogits = dlogits.reshape(*ln_f.shape[:-1], V)
+    return dln_f.reshape(ln_f.shape), dwte, dlogits
 
 
+@threads.one_blas_thread
 def backward(cache, return_activation_grads=False):
     """Gradient of the loss with respect to every parameter, keyed like `params`. With
     `return_activation_grads`, returns (grads, activation_grads): also the gradient of every
-    activation, by canonical name. Without it, each is let go as soon as it has been used."""
+    activation, by canonical name. Without it, each is let go as soon as it has been used.
+    The cache is used up: the activations are emptied, and each layer's cache is let go once
+    its gradients are computed (as torch frees its graph in `loss.backward()`)."""
     if cache.crossentropy is None:
         raise ValueError("backward needs a loss: call forward with targets")
-    config = cache.config
-    dlogits = crossentropy.backward(1.0, cache.crossentropy)  # (B, T, V)
-    dln_f, dwte = tied_head_backward(dlogits, cache.activations["ln_f"], cache.wte)
-    # dlogits, the largest array, is kept through the blocks' backward only when asked for
+    if not cache.activations:
+        raise ValueError(
+            "this cache was used up by an earlier backward, which lets go of what it has used: "
+            "run forward again (and copy cache.activations first if you need them afterwards)"
+        )
+    config, ln_f = cache.config, cache.activations["ln_f"]
+    # what backward needs, the ops' caches hold; the rest (qkv, res_1, out, ...) goes now
+    cache.activations.clear()
+    for block_cache in cache.blocks:
+        block_cache.activations.clear()
+    dln_f, dwte, dlogits = tied_head_backward(
+        cache.crossentropy, ln_f, cache.wte, keep_dlogits=return_activation_grads
+    )
     activation_grads = {"logits": dlogits, "ln_f": dln_f} if return_activation_grads else None
-    del dlogits
     grads = {}
     dx, grads["ln_f.weight"], grads["ln_f.bias"] = layernorm.backward(dln_f, cache.ln_f)
     for i in reversed(range(config.n_layers)):
         dx, block_grads, block_activation_grads = block.backward(dx, cache.blocks[i])
+        cache.blocks[i] = None  # this layer's saved arrays are no longer needed
         grads |= {f"h.{i}.{name}": grad for name, grad in block_grads.items()}
         if return_activation_grads:
             activation_grads |= {f"h.{i}.{n}": d for n, d in block_activation_grads.items()}
@@ -223,6 +256,7 @@ def check_past_kv(past_kv, config):
     return past_kv[0][0].shape[2]
 
 
+@threads.one_blas_thread
 def decode(params, config, idx, past_kv=None):
     """Generation's forward: logits (B, T, V) for the new tokens `idx` (B, T), which follow the
     T_past positions whose keys and values `past_kv` holds, and `kv`: each layer's (k, v), each

@@ -28,6 +28,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+TOP_P_FIRST = 64  # the candidates top-p alone looks at first; a trained model's nucleus is often
+# that small, and a larger one is found by growing it
+
 
 def candidate_probs(logits, settings):
     """The distribution the next token is drawn from: zeros outside the top-k / top-p set.
@@ -37,16 +40,41 @@ def candidate_probs(logits, settings):
     probs /= probs.sum()
     if settings.top_k is None and settings.top_p is None:
         return probs
-    order = np.argsort(-probs, kind="stable")  # most probable first; ties: lower id first
-    keep = len(order)
     if settings.top_k is not None:
-        keep = min(keep, settings.top_k)
+        order = most_probable(probs, settings.top_k)
+    else:  # top-p alone: a few candidates first, more only while the nucleus needs them
+        order = most_probable(probs, TOP_P_FIRST)
     if settings.top_p is not None:
-        mass = np.cumsum(probs[order])
-        keep = min(keep, int(np.searchsorted(mass, settings.top_p)) + 1)
+        order = nucleus(probs, order, settings.top_p, may_grow=settings.top_k is None)
     kept = np.zeros_like(probs)
-    kept[order[:keep]] = probs[order[:keep]]
+    kept[order] = probs[order]
     return kept / kept.sum()
+
+
+def most_probable(probs, k):
+    """The ids of the k most probable tokens, most probable first, ties broken by lower id:
+    `np.argsort(-probs, kind="stable")[:k]`, without sorting all V: the k-th largest value by
+    partition, every token above it, the lowest ids of those equal to it; then only they are
+    sorted."""
+    k = min(k, len(probs))
+    if k == len(probs):
+        return np.argsort(-probs, kind="stable")
+    threshold = np.partition(probs, len(probs) - k)[len(probs) - k]  # the k-th largest
+    above = np.flatnonzero(probs > threshold)
+    tied = np.flatnonzero(probs == threshold)[: k - len(above)]  # ascending ids
+    candidates = np.sort(np.concatenate([above, tied]))
+    return candidates[np.argsort(-probs[candidates], kind="stable")]
+
+
+def nucleus(probs, order, top_p, may_grow):
+    """The shortest prefix of `order` whose mass reaches top_p (all of it if none does). The
+    mass is a running sum in order, so a prefix's sums do not depend on what follows it: while
+    the candidates found so far do not reach top_p and `may_grow`, four times as many are found."""
+    mass = np.cumsum(probs[order])
+    while may_grow and mass[-1] < top_p and len(order) < len(probs):
+        order = most_probable(probs, 4 * len(order))
+        mass = np.cumsum(probs[order])
+    return order[: int(np.searchsorted(mass, top_p)) + 1]
 
 
 def sample_next(logits, rng, settings):

@@ -47,8 +47,8 @@ def tensor_names(config, with_probs=True):
 def run_npgpt(params, config, idx, targets, masks=None, train=False):
     """npgpt's forward + backward: {name: array} in `tensor_names` order."""
     _, loss, cache = npmodel.forward(params, config, idx, targets, train=train, dropout_masks=masks)
+    acts = dict(cache.activations)  # backward uses the cache up
     grads, act_grads = npmodel.backward(cache, return_activation_grads=True)
-    acts = cache.activations
     out = {name: acts[name] for name in activation_names(config)}
     out["loss"] = np.asarray(loss)
     out |= {name + GRAD: act_grads[name] for name in reversed(activation_names(config))}

@@ -25,9 +25,9 @@ def test_every_activation_and_gradient_keeps_the_dtype(dtype, train):
     targets = rng.integers(0, CFG.vocab_size, (2, 6))
     targets[0, 0] = -100
     logits, loss, cache = forward(params, CFG, idx, targets, train=train, rng=rng)
+    acts = dict(cache.activations)  # backward uses the cache up
     grads, act_grads = backward(cache, return_activation_grads=True)
 
-    acts = cache.activations
     assert sorted(acts) == sorted(activation_names(CFG))
     assert sorted(act_grads) == sorted(activation_names(CFG))
     assert wrong_dtypes(acts, dtype) == {}

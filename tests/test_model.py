@@ -73,10 +73,12 @@ def test_backward_returns_activation_grads_only_when_asked(params):
     _, _, cache = forward(params, CFG, idx, targets)
     grads = backward(cache)
     assert sorted(grads) == sorted(params)
+    _, _, cache = forward(params, CFG, idx, targets)  # backward used the first cache up
+    activations = dict(cache.activations)
     again, activation_grads = backward(cache, return_activation_grads=True)
-    assert list(activation_grads) == activation_names(CFG) == list(cache.activations)
+    assert list(activation_grads) == activation_names(CFG) == list(activations)
     for name, grad in activation_grads.items():
-        assert grad.shape == cache.activations[name].shape, name
+        assert grad.shape == activations[name].shape, name
     assert all(np.array_equal(grads[name], again[name]) for name in params)
 
 
@@ -97,20 +99,30 @@ def arrays_in(value, path="cache"):
     return found
 
 
-def test_backward_writes_nothing_into_the_cache(params):
+@pytest.mark.parametrize("return_activation_grads", [True, False])
+def test_backward_writes_into_no_array_of_the_cache(params, return_activation_grads):
+    """Backward lets go of the cache's arrays as it goes, but never writes into one: whoever
+    still holds an activation (a copy of `cache.activations`) keeps it as forward made it."""
     cfg = CFG.replace(drop_rate=0.2)
     rng = np.random.default_rng(2)
     idx = rng.integers(0, CFG.vocab_size, (2, 5))
     _, _, cache = forward(params, cfg, idx, idx, train=True, rng=rng)
-    before = {path: a.copy() for path, a in arrays_in(cache).items()}
-    fields = {field: len(getattr(cache, field)) for field in ("activations", "masks", "blocks")}
+    held = arrays_in(cache)  # the arrays themselves, alive here whatever backward releases
+    before = {path: a.copy() for path, a in held.items()}
     assert len(before) > 20 * cfg.n_layers  # the walk really reached the op caches
-    backward(cache, return_activation_grads=True)
+    backward(cache, return_activation_grads=return_activation_grads)
+    assert [path for path in before if not np.array_equal(before[path], held[path])] == []
+
+
+def test_backward_uses_the_cache_up(params):
+    """Like torch's graph after `loss.backward()`: the layers' caches and the activations are
+    let go, and a second backward says what to do instead of returning wrong gradients."""
+    idx = np.array([[1, 2, 3]])
+    _, _, cache = forward(params, CFG, idx, idx)
     backward(cache)
-    after = arrays_in(cache)
-    assert sorted(after) == sorted(before)
-    assert [path for path in before if not np.array_equal(before[path], after[path])] == []
-    assert fields == {field: len(getattr(cache, field)) for field in fields}
+    assert cache.activations == {} and cache.blocks == [None] * CFG.n_layers
+    with pytest.raises(ValueError, match="used up by an earlier backward.*run forward again"):
+        backward(cache)
 
 
 @pytest.mark.parametrize(

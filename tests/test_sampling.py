@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from npgpt.sampling import SamplingSettings, candidate_probs, sample_next
 
@@ -60,6 +62,58 @@ def test_temperature_sharpens_and_flattens():
     hot = candidate_probs(z, SamplingSettings(temperature=2.0))
     np.testing.assert_allclose(cold, np.array([0.04, 0.64]) / 0.68)
     np.testing.assert_allclose(hot, np.sqrt([0.2, 0.8]) / np.sqrt([0.2, 0.8]).sum())
+
+
+def sorted_candidate_probs(logits, settings):
+    """The straightforward form, sorting all V tokens: what candidate_probs must equal exactly."""
+    z = np.asarray(logits, dtype=np.float64) / settings.temperature
+    probs = np.exp(z - z.max())
+    probs /= probs.sum()
+    if settings.top_k is None and settings.top_p is None:
+        return probs
+    order = np.argsort(-probs, kind="stable")  # most probable first; ties: lower id first
+    keep = len(order)
+    if settings.top_k is not None:
+        keep = min(keep, settings.top_k)
+    if settings.top_p is not None:
+        mass = np.cumsum(probs[order])
+        keep = min(keep, int(np.searchsorted(mass, settings.top_p)) + 1)
+    kept = np.zeros_like(probs)
+    kept[order[:keep]] = probs[order[:keep]]
+    return kept / kept.sum()
+
+
+# logits with many ties: a few repeated values among arbitrary ones, and masked (-inf) tokens
+TIED_LOGITS = st.lists(
+    st.one_of(st.sampled_from([0.0, 0.0, 1.0, -2.0, -np.inf]), st.floats(-20, 20)),
+    min_size=1,
+    max_size=1500,
+).filter(lambda z: max(z) > -np.inf)
+
+
+@given(
+    logits=TIED_LOGITS,
+    temperature=st.floats(0.05, 4.0),
+    top_k=st.one_of(st.none(), st.integers(1, 1600)),
+    top_p=st.one_of(st.none(), st.floats(0.01, 1.0), st.just(1.0)),
+)
+def test_candidates_equal_the_full_sort_exactly(logits, temperature, top_k, top_p):
+    settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p)
+    expected = sorted_candidate_probs(logits, settings)
+    assert np.array_equal(candidate_probs(logits, settings), expected)
+
+
+@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.95, 1.0])
+@pytest.mark.parametrize("top_k", [None, 1, 40, 50257])
+@pytest.mark.parametrize("spread", [0.0, 0.05, 3.0])
+def test_candidates_equal_the_full_sort_over_gpt2s_vocabulary(top_p, top_k, spread):
+    """At V = 50257, from a flat distribution (every token tied: the nucleus grows to cover
+    half the vocabulary and more) to a peaked one (a few dozen tokens hold the mass)."""
+    logits = np.round(np.random.default_rng(0).standard_normal(50257) * spread, 1)
+    settings = SamplingSettings(top_k=top_k, top_p=top_p)
+    expected = sorted_candidate_probs(logits, settings)
+    assert np.array_equal(candidate_probs(logits, settings), expected)
+    assert np.count_nonzero(expected) >= 1
 
 
 def test_seeded_draws_repeat_and_follow_the_distribution():

@@ -11,7 +11,8 @@
                                (run_directory.py)
 
 What changes from step to step is a `RunState` (step, tokens seen, data position, metrics
-records); what stays put is a `Job`. Resume (`--resume DIR`) restores the RunState and the
+records); what stays put is a `Job`. A run starts from `model.init_params`, or from the weights
+`--init-from` names (fine_tune.py). Resume (`--resume DIR`) restores the RunState and the
 backend's state, so a resumed run takes exactly the steps the uninterrupted run would have: same
 batches, same dropout masks, same learning rates; in float64 the NumPy backend's parameters,
 moments and losses match bit for bit (tests/test_train.py).
@@ -33,7 +34,7 @@ from npgpt import model, optim
 from npgpt.config import GPTConfig
 from npgpt.schedule import learning_rate
 from npgpt.tokenizer import get_tokenizer
-from npgpt.training import dataset, metrics, run_directory, stopping, windows
+from npgpt.training import dataset, fine_tune, metrics, run_directory, stopping, windows
 from npgpt.training.backend import Backend, BackendState
 from npgpt.training.corpus import DataError
 from npgpt.training.plot import plot_losses
@@ -72,10 +73,11 @@ def train(settings, make_backend, resume=None, progress=True):
     metrics record. Every user error is raised as TrainError before anything is written; a
     failed write as run_directory.WriteError; a stop on a signal as stopping.Stopped."""
     check_settings(settings)
-    config = model_config(settings)
+    resume_dir = None if resume is None else run_directory.find_checkpoint(resume)
+    config, start_params = starting_model(settings, resume_dir)
     train_windows, val_windows, source = load_data(settings, config)
     out = run_directory.out_dir(settings)
-    run, state = begin(settings, config, out, resume, len(train_windows))
+    run, state = begin(settings, config, out, resume_dir, start_params, len(train_windows))
     backend = make_backend(config, settings, state, run.step)
     max_steps = total_steps(settings, len(train_windows))
     job = Job(settings, config, train_windows, val_windows, source, max_steps, out, backend)
@@ -154,20 +156,40 @@ def load_data(settings, config):
         raise TrainError(str(err)) from None
 
 
-def begin(settings, config, out, resume, num_windows):
-    """(RunState, BackendState) to start from: the checkpoint at `resume`, or a fresh run."""
-    resume_dir = None if resume is None else run_directory.find_checkpoint(resume)
+def starting_model(settings, resume_dir):
+    """(config, params): the model's shape, and the weights a fresh fine-tuning run starts from
+    (None: `begin` finds them). A resumed fine-tuning run takes its shape from its own
+    checkpoint: the one it started from is not read again (it may be gone)."""
+    if settings.init_from is None:
+        return model_config(settings), None
+    if resume_dir is not None:
+        return run_directory.saved_config(resume_dir), None
+    return fine_tune.start_model(settings)
+
+
+def begin(settings, config, out, resume_dir, start_params, num_windows):
+    """(RunState, BackendState) to start from: the checkpoint in `resume_dir` (whose position
+    must lie within the run's `num_windows` training windows), or a fresh run from
+    `start_params` (fine-tuning) or from `model.init_params`."""
     run_directory.refuse_another_run(out, resume_dir)
     dtype = DTYPES[settings.dtype]
     if resume_dir is not None:
         return run_directory.load(resume_dir, config, dtype, num_windows)
-    params = model.init_params(config, seed=settings.seed, dtype=dtype)
+    params = start_params
+    if params is None:
+        params = model.init_params(config, seed=settings.seed, dtype=dtype)
     return RunState(), BackendState(params, optim.init_state(params), None)
 
 
+def model_name(settings):
+    """What the run trains, in its messages: the preset, or the checkpoint it fine-tunes."""
+    return settings.preset if settings.init_from is None else settings.init_from
+
+
 def headline(job):
+    verb = "training" if job.settings.init_from is None else "fine-tuning"
     return (
-        f"training {job.settings.preset} ({job.backend.description}) on {job.source}: "
+        f"{verb} {model_name(job.settings)} ({job.backend.description}) on {job.source}: "
         f"{len(job.train_windows)} train / {len(job.val_windows)} validation windows of "
         f"{job.config.context_length} tokens, {job.max_steps} steps of {job.tokens_per_step} "
         f"tokens -> {job.out}"
@@ -233,6 +255,6 @@ def save(job, run):
     state = job.backend.state()
     if job.backend.is_main:
         run_directory.save(job.out, job.config, job.settings, job.max_steps, run, state)
-        title = f"{job.settings.preset} on {job.source}"
+        title = f"{model_name(job.settings)} on {job.source}"
         with run_directory.writing(job.out / PLOT_FILE, f"the loss plot of step {run.step}"):
             plot_losses(run.records, job.out / PLOT_FILE, title=title)

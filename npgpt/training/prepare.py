@@ -226,9 +226,9 @@ def start_manifest(out_dir, header):
     manifest = {**header, "complete": False, "shards": kept}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(out_dir, manifest)
-    for path in out_dir.glob("shard-*.bin*"):
+    for path in [*out_dir.glob("shard-*.bin*"), *out_dir.glob(".*.tmp")]:
         if path.name not in {entry["file"] for entry in kept}:
-            path.unlink()  # a temporary file, or a shard the manifest no longer lists
+            path.unlink()  # a temporary file (killed mid-write), or a shard no longer listed
     return manifest
 
 

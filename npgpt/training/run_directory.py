@@ -1,6 +1,6 @@
 """The run directory: a run's files, its checkpoint written and read back, the run a --resume names.
 
-    runs/tiny/                 --out (default: runs/<preset>)
+    runs/tiny/                 --out (default: runs/<preset>, runs/<name>-finetune)
       metrics.jsonl            one JSON line per step (metrics.py)
       loss.png                 loss against steps and tokens seen (plot.py)
       checkpoint/              replaced atomically as a whole (snapshot.py)
@@ -37,6 +37,7 @@ from npgpt.training.settings import TrainError, resolve_settings
 from npgpt.training.windows import Position
 from npgpt.weights import checkpoint
 from npgpt.weights.check import CheckpointError, listing, read_json_object
+from npgpt.weights.formats import CONFIG_FILE, read_config
 
 CHECKPOINT_DIR = "checkpoint"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -61,7 +62,12 @@ class RunState:
 
 
 def out_dir(settings):
-    return Path(settings.out if settings.out is not None else f"runs/{settings.preset}")
+    """--out, else runs/<preset>, or runs/<name>-finetune for --init-from .../<name>."""
+    if settings.out is not None:
+        return Path(settings.out)
+    if settings.init_from is not None:
+        return Path("runs") / f"{Path(settings.init_from).stem}-finetune"
+    return Path("runs") / settings.preset
 
 
 def find_checkpoint(path):
@@ -145,6 +151,14 @@ def resumed_settings(path):
     except TrainError as err:
         raise TrainError(f"{directory / STATE_FILE}: its settings are not valid: {err}") from None
     return saved | {"out": str(directory.parent)}
+
+
+def saved_config(directory):
+    """The model config of the checkpoint in `directory`."""
+    try:
+        return read_config(Path(directory) / CONFIG_FILE)
+    except checkpoint.CheckpointError as err:
+        raise TrainError(f"--resume: {err}") from None
 
 
 def check_moments(moments, params, path):

@@ -11,6 +11,8 @@ said about the setting anywhere:
       allowed, rule     what a valid value is, as a test and in words ("--batch-size must be > 0,
       (or choices)      got 0"), checked whatever gave the value
       help              the `train --help` line (cli.py adds the default)
+      fine_tuning       the default when `--init-from` starts from trained weights, where it
+                        differs (fine_tune.py says why); `...`: the same default
       fixed_on_resume   a resumed run must keep it: the model, the data stream, the numbers' type
       torch_only        meaningful to `--backend torch` alone; the numpy backend refuses a value
                         other than the default. They say how this machine computes, not what is
@@ -21,12 +23,15 @@ From these, `SETTINGS` (one `Setting` per field) gives cli.py its `train` flags 
 for `batch_size`), the keys a `--config` file may hold (`batch-size` or `batch_size`), the
 resume checks and the error messages. Where a value comes from, later wins:
 
-    the defaults < the resumed run's settings < a --config file < flags typed on the command line
+    the defaults (the fine-tuning ones with --init-from) < the resumed run's settings
+        < a --config file < flags typed on the command line
 
 >>> BY_NAME["batch_size"].flag, BY_NAME["batch_size"].default
 ('--batch-size', 16)
 >>> resolve_settings({"max_steps": 10}).max_steps
 10
+>>> resolve_settings({"init_from": "models/gpt2"}).lr  # a fine-tuning default
+6e-05
 >>> resolve_settings({"batch_size": 0})
 Traceback (most recent call last):
 ...
@@ -66,6 +71,7 @@ class Setting(NamedTuple):
     rule: str | None  # the rule in words: "--lr must be > 0, got -1.0"
     help: str
     choices: tuple[str, ...] | None  # the only values there are (--dtype float32|float64)
+    fine_tuning: object  # the default with --init-from (equal to `default` where it is the same)
     fixed_on_resume: bool
     torch_only: bool
 
@@ -79,11 +85,13 @@ class Setting(NamedTuple):
 
 
 def declare(
-    default, kind, allowed=None, rule=None, *, help, choices=None, fixed_on_resume=False,
-    torch_only=False,
+    default, kind, allowed=None, rule=None, *, help, choices=None, fine_tuning=...,
+    fixed_on_resume=False, torch_only=False,
 ):  # fmt: skip
     """A field of `TrainSettings`, carrying its `Setting` (named after the field)."""
+    fine_tuning = default if fine_tuning is ... else fine_tuning
     words = dict(kind=kind, allowed=allowed, rule=rule, help=help, choices=choices)
+    words |= dict(fine_tuning=fine_tuning)
     words |= dict(fixed_on_resume=fixed_on_resume, torch_only=torch_only)
     return dataclasses.field(default=default, metadata=words)
 
@@ -94,8 +102,15 @@ class TrainSettings:
 
     # fmt: off
     # the model and the stream of batches: a resumed run keeps these
-    preset: str = declare(
-        "tiny", str, help="Model size: tiny, small, gpt2, gpt2-medium, ... (npgpt.config).",
+    preset: str | None = declare(
+        "tiny", str,
+        help="Model size: tiny, small, gpt2, gpt2-xl, ... (npgpt.config); not with --init-from.",
+        fine_tuning=None, fixed_on_resume=True,  # the --init-from checkpoint gives the shape
+    )
+    init_from: str | None = declare(
+        None, str,
+        help="Fine-tune: start from this checkpoint (any format npgpt.load reads); the model's "
+        "shape is its own.",
         fixed_on_resume=True,
     )
     data: tuple[str, ...] = declare(
@@ -104,7 +119,9 @@ class TrainSettings:
         fixed_on_resume=True,
     )
     context_length: int | None = declare(
-        None, int, lambda n: n > 0, "> 0", help="Tokens per window (default: the preset's).",
+        None, int, lambda n: n > 0, "> 0",
+        help="Tokens per window (default: the preset's or the --init-from checkpoint's; below the "
+        "checkpoint's, its position table is cropped).",
         fixed_on_resume=True,
     )
     stride: int | None = declare(
@@ -123,11 +140,16 @@ class TrainSettings:
         fixed_on_resume=True,
     )
     # the optimization
-    lr: float = declare(2e-3, float, lambda lr: lr > 0, "> 0", help="Peak learning rate.")
+    lr: float = declare(
+        2e-3, float, lambda lr: lr > 0, "> 0", help="Peak learning rate.", fine_tuning=6e-5,
+    )
     min_lr: float = declare(  # in [0, --lr]: checked with lr, in check_together
         2e-4, float, help="Learning rate at the end of the cosine decay (<= --lr).",
+        fine_tuning=6e-6,
     )
-    warmup_steps: int = declare(20, int, lambda n: n >= 0, ">= 0", help="Steps of linear warm-up.")
+    warmup_steps: int = declare(
+        20, int, lambda n: n >= 0, ">= 0", help="Steps of linear warm-up.", fine_tuning=10,
+    )
     max_steps: int = declare(300, int, lambda n: n > 0, "> 0", help="Optimizer steps.")
     epochs: float | None = declare(
         None, float, lambda n: n > 0, "> 0",
@@ -142,7 +164,8 @@ class TrainSettings:
         help="Global gradient-norm clip (0 = off).",
     )
     drop_rate: float | None = declare(  # in [0, 1): checked by GPTConfig, in check_together
-        None, float, help="Dropout (default: the preset's).", fixed_on_resume=True,
+        None, float, help="Dropout (default: the preset's or the --init-from checkpoint's).",
+        fixed_on_resume=True,
     )
     # what the run shows and writes
     eval_every: int = declare(
@@ -160,7 +183,10 @@ class TrainSettings:
         100, int, lambda n: n > 0, "> 0",
         help="Steps between checkpoints (one is also written at the end).",
     )
-    out: str | None = declare(None, str, help="Run directory (default: runs/<preset>).")
+    out: str | None = declare(
+        None, str, help="Run directory (default: runs/<preset>, or runs/<name>-finetune for "
+        "--init-from DIR/<name>).",
+    )
     # how it computes
     seed: int = declare(  # NumPy's global seed takes 32 bits; a torch rank seeds seed + rank
         0, int, lambda n: 0 <= n < 2**31, "in [0, 2**31)",
@@ -207,7 +233,8 @@ def coerce(name, value, source):
     """One setting's value from a file or the command line, checked against its kind; an int
     is accepted for a float, a single str for a repeatable setting."""
     setting = BY_NAME[name]
-    if value is None and setting.default is None:
+    nullable = None in (setting.default, setting.fine_tuning)
+    if value is None and nullable:
         return None
     if setting.repeatable:
         value = [value] if isinstance(value, str) else value
@@ -223,7 +250,7 @@ def coerce(name, value, source):
     elif setting.kind is str and isinstance(value, str):
         return value
     kind = "list of str" if setting.repeatable else setting.kind.__name__
-    kind += " or null" if setting.default is None else ""
+    kind += " or null" if nullable else ""
     raise TrainError(f"{source}: {name} = {value!r} should be of type {kind}")
 
 
@@ -260,7 +287,8 @@ def inherited(resumed):
 
 
 def resolve_settings(cli=None, config_file=None, resumed=None):
-    """Defaults < the resumed run's settings < `--config` file < flags given on the command line.
+    """Defaults < the resumed run's settings < `--config` file < flags given on the command line;
+    with `init_from` set by any of them, the fine-tuning defaults stand in for the defaults.
 
     `cli` holds only the flags the user typed. Asking a resumed run to change a setting it
     must keep (`fixed_on_resume`) is an error rather than a silent new experiment."""
@@ -279,6 +307,8 @@ def resolve_settings(cli=None, config_file=None, resumed=None):
             merged[name] = coerce(name, value, source)
             if source != "resumed checkpoint" and resumed is not None:
                 check_kept(name, merged[name], resumed, source)
+    if merged.get("init_from") is not None:  # fine-tuning: its defaults, where none was given
+        merged = {setting.name: setting.fine_tuning for setting in SETTINGS} | merged
     given = {key for _, values in sources[1:] for key, value in values.items() if value is not None}
     if {"max_steps", "epochs"} <= given:
         raise TrainError("give --max-steps or --epochs, not both: each sets the run's length")
@@ -323,13 +353,23 @@ def check_together(s):
         given = [x.flag for x in torch_only if getattr(s, x.name) != x.default]
         if given:
             raise TrainError(f"{', '.join(given)}: only for --backend torch (add --backend torch)")
+    if s.init_from is not None and s.preset is not None:
+        raise TrainError(
+            f"--preset {s.preset} beside --init-from {s.init_from}: a fine-tuned model has the "
+            "shape of the checkpoint it starts from; leave --preset out"
+        )
     try:
-        model_config(s)
+        if s.init_from is None:
+            model_config(s)
+        elif s.drop_rate is not None:  # the shape is read later, from the checkpoint
+            GPTConfig().replace(drop_rate=s.drop_rate)
     except ConfigError as err:  # an unknown preset, a dropout rate out of [0, 1)
         raise TrainError(str(err)) from None
 
 
 def model_config(settings):
+    """The model of a run from scratch: the preset, with --context-length and --drop-rate
+    (a fine-tuning run's is its checkpoint's: fine_tune.py)."""
     overrides = {}
     if settings.context_length is not None:
         overrides["context_length"] = settings.context_length

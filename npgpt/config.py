@@ -22,12 +22,23 @@ True
 """
 
 import dataclasses
+import math
+import numbers
 
 GPT2_VOCAB_SIZE = 50257
 
 
 class ConfigError(ValueError):
     """A configuration that cannot describe a GPT-2."""
+
+
+def is_number(value):
+    """A number as a file may hold one: never a bool (true is 1 to Python, not to a person)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_count(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,10 +62,13 @@ class GPTConfig:
                 f"emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads}): "
                 f"each head gets emb_dim / n_heads channels"
             )
-        if not 0.0 <= self.drop_rate < 1.0:
+        # a config.json is data: a string or an infinity where a number belongs is refused here
+        if not is_number(self.drop_rate) or not 0.0 <= self.drop_rate < 1.0:
             raise ConfigError(f"drop_rate must be in [0, 1), got {self.drop_rate!r}")
-        if not self.ln_eps > 0:
-            raise ConfigError(f"ln_eps must be positive, got {self.ln_eps!r}")
+        if not is_number(self.ln_eps) or not 0 < self.ln_eps < math.inf:
+            raise ConfigError(f"ln_eps must be positive and finite, got {self.ln_eps!r}")
+        if not isinstance(self.qkv_bias, bool):
+            raise ConfigError(f"qkv_bias must be true or false, got {self.qkv_bias!r}")
 
     @property
     def head_dim(self):

@@ -43,14 +43,19 @@ def param_shapes(config):
 
 
 def num_params(config):
-    """How many numbers the model learns; the head is tied to wte, so it adds none."""
-    total = 0
-    for shape in param_shapes(config).values():
-        size = 1
-        for n in shape:
-            size *= n
-        total += size
-    return total
+    """How many numbers the model learns; the head is tied to wte, so it adds none. Counted by
+    formula rather than from `param_shapes`, so that a config read from a hostile file (say
+    n_layers = 10**9) can be sized up before anything of its size is built:
+
+        wte V*C + wpe T*C + ln_f 2C + L blocks of  ln_1, ln_2          4C
+                                                   c_attn (C, 3C), 3C  3C^2 + 3C (bias optional)
+                                                   c_proj (C, C), C    C^2 + C
+                                                   c_fc (C, 4C), 4C    4C^2 + 4C
+                                                   mlp.c_proj (4C, C), C   4C^2 + C
+    """
+    V, T, C, L = config.vocab_size, config.context_length, config.emb_dim, config.n_layers
+    block = 12 * C * C + 10 * C + (3 * C if config.qkv_bias else 0)
+    return V * C + T * C + L * block + 2 * C
 
 
 BLOCK_ACTIVATIONS = (

@@ -1,6 +1,7 @@
-"""Fixtures shared by the training tests of both backends."""
+"""Fixtures shared by the training tests of both backends; the fuzz tests' summary."""
 
 import pytest
+from fuzzing import CASES
 from trainrun import cli_run, stop_settings, train_args, train_on_one_thread
 
 from npgpt.training.corpus import builtin_documents
@@ -38,3 +39,12 @@ def straight_runs(tmp_path_factory):
         return made[backend]
 
     return run
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzz tests' examples per format damaged, when any ran (the closing note quotes it)."""
+    if CASES:
+        terminalreporter.write_sep("-", "fuzz cases tried per format")
+        for fmt, count in sorted(CASES.items()):
+            terminalreporter.write_line(f"{count:>8,}  {fmt}")
+        terminalreporter.write_line(f"{CASES.total():>8,}  in all")

@@ -58,6 +58,10 @@ def test_head_dim():
         (dict(drop_rate=1.0), r"drop_rate must be in \[0, 1\), got 1.0"),
         (dict(drop_rate=-0.1), r"drop_rate must be in \[0, 1\)"),
         (dict(ln_eps=0.0), "ln_eps must be positive"),
+        (dict(ln_eps=float("inf")), "ln_eps must be positive and finite, got inf"),
+        (dict(ln_eps="1e-5"), "ln_eps must be positive and finite, got '1e-5'"),
+        (dict(drop_rate="0.1"), r"drop_rate must be in \[0, 1\), got '0.1'"),
+        (dict(qkv_bias="yes"), "qkv_bias must be true or false, got 'yes'"),
     ],
 )
 def test_validation_errors(changes, message):

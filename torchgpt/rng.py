@@ -11,6 +11,7 @@ import random
 import numpy as np
 import torch
 
+from npgpt.training.settings import TrainError
 from torchgpt.distributed import from_hex, gather_hex
 
 
@@ -40,7 +41,20 @@ def rng_states(ranks, device, scaler):
 def restore_rng_states(states, ranks, device, scaler, seed, step):
     """Undo `rng_states` on every rank. A checkpoint from the numpy backend, or from a run
     with another number of processes, has no torch state for this rank: its dropout then
-    starts afresh from the seed, the step and the rank (the run continues, not bit for bit)."""
+    starts afresh from the seed, the step and the rank (the run continues, not bit for bit).
+    A state that cannot be restored (a damaged trainer_state.json) is a TrainError."""
+    if not isinstance(states, dict | None):
+        raise TrainError("--resume: the checkpoint's rng (trainer_state.json) is not an object")
+    try:
+        restore_saved(states, ranks, device, scaler, seed, step)
+    except (LookupError, TypeError, ValueError, OverflowError, RuntimeError) as err:
+        raise TrainError(
+            f"--resume: the checkpoint's rng (trainer_state.json) is not a torch run's RNG "
+            f"state ({type(err).__name__}: {err})"
+        ) from None
+
+
+def restore_saved(states, ranks, device, scaler, seed, step):
     torch_states = (states or {}).get("torch")
     if torch_states is None or len(torch_states) != ranks.world_size:
         seed_everything(hash((seed, step, ranks.rank)) % 2**32)

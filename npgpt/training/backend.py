@@ -21,7 +21,7 @@ import numpy as np
 
 from npgpt import model, optim
 from npgpt.generate import generate
-from npgpt.training.settings import adamw_settings
+from npgpt.training.settings import TrainError, adamw_settings
 
 
 class BackendState(typing.NamedTuple):
@@ -142,5 +142,11 @@ def dropout_rng(seed, rng_state, step):
     if "bit_generator" not in rng_state:
         return np.random.default_rng([seed, step])
     rng = np.random.default_rng(seed)
-    rng.bit_generator.state = rng_state
+    try:
+        rng.bit_generator.state = rng_state
+    except (TypeError, ValueError, KeyError, OverflowError) as err:  # a damaged checkpoint
+        raise TrainError(
+            f"--resume: the checkpoint's rng (trainer_state.json) is not a NumPy generator "
+            f"state ({type(err).__name__}: {err})"
+        ) from None
     return rng

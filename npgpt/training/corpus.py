@@ -14,6 +14,7 @@ into training examples.
 import glob
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -105,15 +106,32 @@ def save_npy(path, array):
         np.save(f, array, allow_pickle=False)
 
 
+def read_token_cache(path):
+    """The ids in a cache file, or None when it is not exactly what `token_ids` writes: a whole
+    1-D uint16 array of GPT-2 ids (a damaged file is re-made, never used). Memory-mapped
+    first, so a header claiming 2**40 ids costs nothing before the file's size refutes it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # NumPy warns of a header np.save never writes
+            ids = np.load(path, mmap_mode="r", allow_pickle=False)
+    # Truncated, not .npy, or objects; NumPy's header parser also lets out EOFError, SyntaxError
+    # and tokenize.TokenError. Whatever it raises, a cache that cannot be read is re-made.
+    except Exception:
+        return None
+    whole = ids.offset + ids.nbytes == path.stat().st_size
+    if not whole or ids.dtype != np.uint16 or ids.ndim != 1 or (ids.size and ids.max() > EOT_ID):
+        return None
+    return np.array(ids)
+
+
 def token_ids(documents, cache_dir=None):
     """The documents' token ids (uint16), read from or written to the `.npy` cache."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache_dir / f"tokens-{corpus_hash(documents)}.npy"
     if path.exists():
-        try:
-            return np.load(path, allow_pickle=False)
-        except (ValueError, OSError):
-            pass  # a damaged cache file is re-made below
+        cached = read_token_cache(path)
+        if cached is not None:
+            return cached
     ids = encode_documents(documents)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)

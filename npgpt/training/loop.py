@@ -77,7 +77,7 @@ def train(settings, make_backend, resume=None, progress=True):
     config, start_params = starting_model(settings, resume_dir)
     train_windows, val_windows, source = load_data(settings, config)
     out = run_directory.out_dir(settings)
-    run, state = begin(settings, config, out, resume_dir, start_params)
+    run, state = begin(settings, config, out, resume_dir, start_params, len(train_windows))
     backend = make_backend(config, settings, state, run.step)
     max_steps = total_steps(settings, len(train_windows))
     job = Job(settings, config, train_windows, val_windows, source, max_steps, out, backend)
@@ -167,13 +167,14 @@ def starting_model(settings, resume_dir):
     return fine_tune.start_model(settings)
 
 
-def begin(settings, config, out, resume_dir, start_params):
-    """(RunState, BackendState) to start from: the checkpoint in `resume_dir`, or a fresh run
-    from `start_params` (fine-tuning) or from `model.init_params`."""
+def begin(settings, config, out, resume_dir, start_params, num_windows):
+    """(RunState, BackendState) to start from: the checkpoint in `resume_dir` (whose position
+    must lie within the run's `num_windows` training windows), or a fresh run from
+    `start_params` (fine-tuning) or from `model.init_params`."""
     run_directory.refuse_another_run(out, resume_dir)
     dtype = DTYPES[settings.dtype]
     if resume_dir is not None:
-        return run_directory.load(resume_dir, config, dtype)
+        return run_directory.load(resume_dir, config, dtype, num_windows)
     params = start_params
     if params is None:
         params = model.init_params(config, seed=settings.seed, dtype=dtype)

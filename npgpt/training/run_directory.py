@@ -23,17 +23,20 @@ import contextlib
 import dataclasses
 import errno
 import json
+import reprlib
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
 
 from npgpt import optim
+from npgpt.config import is_count, is_number
 from npgpt.training import metrics, snapshot
 from npgpt.training.backend import BackendState
-from npgpt.training.settings import TrainError
+from npgpt.training.settings import TrainError, resolve_settings
 from npgpt.training.windows import Position
 from npgpt.weights import checkpoint
+from npgpt.weights.check import CheckpointError, listing, read_json_object
 from npgpt.weights.formats import CONFIG_FILE, read_config
 
 CHECKPOINT_DIR = "checkpoint"
@@ -92,19 +95,62 @@ def refuse_another_run(out, resume_dir):
         )
 
 
+def is_record(record):
+    """A metrics record as the loop logs it: step and tokens counted, its other fields numbers
+    or null, and an evaluation's two losses together (the loss plot reads them so)."""
+    return (
+        isinstance(record, dict)
+        and is_count(record.get("step"))
+        and is_count(record.get("tokens"))
+        and all(record.get(key) is None or is_number(record[key]) for key in metrics.FIELDS)
+        and (record.get("val_loss") is None) == (record.get("train_loss") is None)
+    )
+
+
+STATE_FIELDS = (  # what --resume reads of trainer_state.json, and what each field must be
+    ("step", is_count, "an integer >= 0"),
+    ("tokens", is_count, "an integer >= 0"),
+    (
+        "position",
+        lambda p: isinstance(p, list) and len(p) == 2 and all(map(is_count, p)),
+        "[epoch, cursor]: two integers >= 0",
+    ),
+    ("settings", lambda s: isinstance(s, dict), "an object of training settings"),
+    (
+        "metrics",
+        lambda r: isinstance(r, list) and len(r) > 0 and all(map(is_record, r)),
+        "a non-empty list of metrics records",
+    ),
+    ("rng", lambda r: r is None or isinstance(r, dict), "an object (the RNG state) or null"),
+)
+
+
 def read_trainer_state(directory):
+    """trainer_state.json, every field --resume reads checked: the file may be damaged, or
+    edited by hand, and a bad value found mid-run would cost the steps taken until then."""
     path = Path(directory) / STATE_FILE
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise TrainError(f"{path}: unreadable trainer state ({err})") from None
+        fields = read_json_object(path, missing="no such file")
+    except CheckpointError as err:
+        raise TrainError(f"unreadable trainer state: {err}") from None
+    for name, valid, what in STATE_FIELDS:
+        if name not in fields:
+            raise TrainError(f"{path}: no {name!r} field; the trainer state is damaged")
+        if not valid(fields[name]):
+            raise TrainError(f"{path}: {name} = {reprlib.repr(fields[name])} should be {what}")
+    return fields
 
 
 def resumed_settings(path):
     """The settings the run at `path` was saved with, its `out` set to where it now lives (so a
     moved run directory resumes in place)."""
     directory = find_checkpoint(path)
-    return read_trainer_state(directory)["settings"] | {"out": str(directory.parent)}
+    saved = read_trainer_state(directory)["settings"]
+    try:  # valid when saved, so valid alone: an error here is damage, to be named as such
+        resolve_settings(resumed=saved)
+    except TrainError as err:
+        raise TrainError(f"{directory / STATE_FILE}: its settings are not valid: {err}") from None
+    return saved | {"out": str(directory.parent)}
 
 
 def saved_config(directory):
@@ -115,8 +161,27 @@ def saved_config(directory):
         raise TrainError(f"--resume: {err}") from None
 
 
-def load(directory, config, dtype):
-    """(RunState, BackendState) of a checkpoint, checked against the run's model config."""
+def check_moments(moments, params, path):
+    """One floating-point array per parameter and moment, of the parameter's shape."""
+    expected = optim.init_state(params)
+    problems = {
+        "missing": [name for name in expected if name not in moments],
+        "unexpected": sorted(set(moments) - set(expected)),
+        "of the wrong shape or dtype": [
+            f"{name}: {moments[name].shape} {moments[name].dtype}"
+            for name, zeros in expected.items()
+            if name in moments
+            and (moments[name].shape != zeros.shape or moments[name].dtype.kind != "f")
+        ],
+    }
+    found = [f"{kind}: {listing(names, '; ')}" for kind, names in problems.items() if names]
+    if found:
+        raise TrainError(f"{path}: moments do not match the model's params ({'; '.join(found)})")
+
+
+def load(directory, config, dtype, num_windows):
+    """(RunState, BackendState) of a checkpoint, checked against the run's model config and
+    its number of training windows."""
     trainer_state = read_trainer_state(directory)
     try:
         saved_config, params = checkpoint.load(directory, dtype=dtype)
@@ -125,16 +190,18 @@ def load(directory, config, dtype):
         raise TrainError(f"--resume: {err}") from None
     if saved_config != config:
         raise TrainError(f"--resume {directory}: its model {saved_config} is not {config}")
-    expected = optim.init_state(params)
-    if sorted(moments) != sorted(expected) or any(
-        moments[k].shape != v.shape for k, v in expected.items()
-    ):
-        raise TrainError(f"{directory / OPTIMIZER_FILE}: moments do not match the model's params")
+    check_moments(moments, params, directory / OPTIMIZER_FILE)
+    epoch, cursor = trainer_state["position"]
+    if cursor >= num_windows:  # the stream of batches would never reach it: a hang, not a run
+        raise TrainError(
+            f"{directory / STATE_FILE}: position [{epoch}, {cursor}] lies past this run's "
+            f"{num_windows} training windows; the training text has changed since the checkpoint"
+        )
     moments = {k: v.astype(dtype, copy=False) for k, v in moments.items()}
     run = RunState(
         trainer_state["step"],
         trainer_state["tokens"],
-        Position(*trainer_state["position"]),
+        Position(epoch, cursor),
         trainer_state["metrics"],
     )
     return run, BackendState(params, moments, trainer_state["rng"])

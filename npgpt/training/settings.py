@@ -188,8 +188,9 @@ class TrainSettings:
         "--init-from DIR/<name>).",
     )
     # how it computes
-    seed: int = declare(
-        0, int, help="Seed of initialisation, data order and dropout.", fixed_on_resume=True,
+    seed: int = declare(  # NumPy's global seed takes 32 bits; a torch rank seeds seed + rank
+        0, int, lambda n: 0 <= n < 2**31, "in [0, 2**31)",
+        help="Seed of initialisation, data order and dropout.", fixed_on_resume=True,
     )
     dtype: str = declare(
         "float32", str, help="Parameter dtype.", choices=tuple(DTYPES), fixed_on_resume=True,

@@ -38,12 +38,15 @@ next open hash every shard, and an unwritable directory just hashes again next t
 
 import dataclasses
 import hashlib
+import itertools
 import json
+import reprlib
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from npgpt.config import is_count, is_number
 from npgpt.tokenizer import EOT_ID, EXPECTED_SHA256
 from npgpt.training.corpus import DataError
 from npgpt.weights.atomic import atomic_write_text
@@ -107,15 +110,59 @@ def read_manifest(directory):
             f"{path} has format version {manifest.get('version')}, this npgpt reads "
             f"{FORMAT_VERSION}; prepare the corpus again with this npgpt"
         )
+    problem = next(
+        filter(None, map(field_problem, MANIFEST_FIELDS, itertools.repeat(manifest))), None
+    )
+    if problem:
+        raise DataError(f"{path}: {problem}; the manifest is damaged: prepare the corpus again")
     return manifest
+
+
+def is_shard_entry(entry, index):
+    """A shard as prepare lists it: its file's name (shard-00000.bin for the first, and so on:
+    never a path that leads elsewhere), its count of ids, and its sha256 in hex."""
+    return (
+        isinstance(entry, dict)
+        and entry.get("file") == shard_name(index)
+        and is_count(entry.get("tokens"))
+        and isinstance(entry.get("sha256"), str)
+    )
+
+
+def are_shards(entries):
+    return isinstance(entries, list) and all(map(is_shard_entry, entries, itertools.count()))
+
+
+def is_fraction(split):
+    fraction = split.get("val_fraction") if isinstance(split, dict) else None
+    return is_number(fraction) and 0 < fraction < 1
+
+
+MANIFEST_FIELDS = (  # what opening a prepared corpus reads of its manifest, and what it must be
+    ("complete", lambda value: isinstance(value, bool), "true or false"),
+    ("shards", are_shards, "a list of shards, each its file's name (in order), ids and sha256"),
+    ("sources", lambda value: isinstance(value, list), "a list of the source files"),
+)
+SPLIT_FIELD = ("split", is_fraction, "an object whose val_fraction lies in (0, 1)")  # when complete
+
+
+def field_problem(field, manifest):
+    """What is wrong with one of MANIFEST_FIELDS in `manifest`, or None."""
+    name, valid, what = field
+    if name not in manifest:
+        return f"no {name!r} field"
+    if not valid(manifest[name]):
+        return f"{name} = {reprlib.repr(manifest[name])} should be {what}"
+    return None
 
 
 def check_manifest(directory, manifest):
     """A DataError if the manifest is not of a finished corpus in this tokenizer's ids."""
     path = Path(directory) / MANIFEST_FILE
-    if manifest["tokenizer"] != tokenizer_identity():
+    if manifest.get("tokenizer") != tokenizer_identity():
         raise DataError(
-            f"{path}: the corpus was prepared with another tokenizer ({manifest['tokenizer']}); "
+            f"{path}: the corpus was prepared with another tokenizer "
+            f"({reprlib.repr(manifest.get('tokenizer'))}); "
             f"its ids mean nothing to GPT-2's: prepare it again with this npgpt"
         )
     if not manifest["complete"]:
@@ -123,6 +170,12 @@ def check_manifest(directory, manifest):
             f"{path}: prepare did not finish ({len(manifest['shards'])} shard(s) written); run "
             f"the same prepare command again to resume it"
         )
+    problem = field_problem(SPLIT_FIELD, manifest)
+    listed = sum(entry["tokens"] for entry in manifest["shards"])
+    if not problem and manifest.get("tokens") != listed:  # a shard's entry lost, say
+        problem = f"tokens = {reprlib.repr(manifest.get('tokens'))}, but its shards hold {listed}"
+    if problem:
+        raise DataError(f"{path}: {problem}; the manifest is damaged: prepare the corpus again")
 
 
 def is_prepared(path):

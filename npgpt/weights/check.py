@@ -21,7 +21,10 @@ npgpt.weights.check.CheckpointError: w.safetensors does not match the config ...
 import json
 from pathlib import Path
 
-from npgpt.names import param_shapes
+from npgpt.names import num_params, param_shapes
+
+SMALLEST_FLOAT_BYTES = 2  # float16 and bfloat16: no set of weights stores a parameter in fewer
+LISTED_NAMES = 20  # a message lists this many offending tensors of a kind, then counts the rest
 
 
 class CheckpointError(ValueError):
@@ -36,13 +39,36 @@ def read_json_object(path, missing):
         fields = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path}: {missing}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    # ValueError: bad JSON, bytes that are not UTF-8, an integer of more than 4300 digits;
+    # RecursionError: arrays or objects nested thousands deep
+    except (ValueError, RecursionError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
     except OSError as err:
         raise CheckpointError(f"{path}: cannot be read ({err.strerror})") from None
     if not isinstance(fields, dict):
         raise CheckpointError(f"{path}: holds a JSON {type(fields).__name__}, not an object")
     return fields
+
+
+def check_size(config, config_source, weights_bytes, weights_source):
+    """Refuse a config whose parameters cannot fit in `weights_bytes` (the size of the weights
+    files), before anything as large as the config says is built: n_layers = 10**9 beside a
+    small file would otherwise make a name and a shape for each of 1.2e10 tensors."""
+    n_params = num_params(config)
+    least = n_params * SMALLEST_FLOAT_BYTES
+    if least > weights_bytes:
+        raise CheckpointError(
+            f"{config_source}: describes a model of {n_params:,} parameters, at least {least:,} "
+            f"bytes ({SMALLEST_FLOAT_BYTES} per parameter), but {weights_source} holds only "
+            f"{weights_bytes:,} bytes; this config does not belong to these weights"
+        )
+
+
+def listing(names, separator):
+    """`names` joined, the first LISTED_NAMES of them, the rest counted."""
+    shown = separator.join(names[:LISTED_NAMES])
+    more = len(names) - LISTED_NAMES
+    return shown + (f"{separator}... and {more} more" if more > 0 else "")
 
 
 def check_params(params, config, source):
@@ -66,6 +92,6 @@ def check_params(params, config, source):
         separators = {"mismatched shapes": "; ", "not floating point": "; "}
         for kind, names in problems.items():
             if names:
-                listed = separators.get(kind, ", ").join(names)
+                listed = listing(names, separators.get(kind, ", "))
                 lines.append(f"  {kind} ({len(names)}): {listed}")
         raise CheckpointError("\n".join(lines))

@@ -39,7 +39,7 @@ from npgpt.config import PRESETS
 from npgpt.names import param_shapes
 from npgpt.weights import openai
 from npgpt.weights.atomic import atomic_write
-from npgpt.weights.check import CheckpointError, check_params
+from npgpt.weights.check import CheckpointError, check_params, check_size
 from npgpt.weights.formats import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -82,13 +82,16 @@ def config_for(weights, params):
 
 
 def read_unchecked(path, tf_reader):
-    """(config, params under npgpt's names, the file errors name), in the stored dtype."""
+    """(config, params under npgpt's names, the file errors name), in the stored dtype; a config
+    too large for the weights' file is refused before anything of its size is built."""
     kind, weights = detect_format(path)
     if kind == "openai-tf":
         return openai.read_openai(weights, tf_reader)
     raw = read_safetensors(weights) if kind == "safetensors" else read_pytorch_bin(weights)
     params = hf_tensors_to_params(raw, source=str(weights))
-    return config_for(weights, params), params, weights
+    config = config_for(weights, params)
+    check_size(config, weights.parent / CONFIG_FILE, weights.stat().st_size, weights)
+    return config, params, weights
 
 
 def load(path, dtype=np.float32, *, tf_reader="auto"):

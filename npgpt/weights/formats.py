@@ -30,16 +30,17 @@ Traceback (most recent call last):
 npgpt.weights.check.CheckpointError: ...: neither a GPT-2 checkpoint directory ...
 """
 
+import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file
+from safetensors import SafetensorError, safe_open
 
 from npgpt.config import ConfigError, GPTConfig
 from npgpt.weights.atomic import atomic_write_text
-from npgpt.weights.check import CheckpointError, read_json_object
+from npgpt.weights.check import CheckpointError, listing, read_json_object
 from npgpt.weights.openai import HPARAMS_FILE
 
 WEIGHTS_FILE = "model.safetensors"
@@ -49,6 +50,11 @@ RUN_CHECKPOINT_DIR = "checkpoint"  # a training run directory keeps its checkpoi
 HF_PREFIX = "transformer."
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # HF's causal-mask buffers, not weights
 TORCH_INSTALL_HINT = 'pip install -e ".[torch]"'
+ZIP_MAGIC = b"PK\x03\x04"  # how torch tells its zip format from a bare pickle
+# safetensors' dtypes that NumPy has; for the others safetensors fails in ways that depend on
+# what else is imported (ml_dtypes), so they are refused by name, said as NumPy would say them
+NUMPY_DTYPES = set("BOOL U8 I8 U16 I16 U32 I32 U64 I64 F16 F32 F64 C64".split())
+NUMPY_LACKS = {"BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
 
 def checkpoint_path(path):
@@ -107,25 +113,23 @@ def read_config(path):
 def read_safetensors(path):
     """{name: array} of a safetensors file; a damaged file or a dtype NumPy lacks is refused."""
     try:
-        tensors = load_file(path)
+        with safe_open(path, framework="np") as f:
+            dtypes = {name: f.get_slice(name).get_dtype() for name in f.keys()}
+            odd = [
+                f"{name}: {NUMPY_LACKS.get(dtype, dtype)}"
+                for name, dtype in dtypes.items()
+                if dtype not in NUMPY_DTYPES
+            ]
+            if odd:
+                raise CheckpointError(
+                    f"{path}: holds a tensor whose dtype NumPy cannot represent "
+                    f"({listing(odd, '; ')}); re-save the weights as float32 or float16"
+                )
+            return {name: f.get_tensor(name) for name in dtypes}
     except (SafetensorError, OSError) as err:
         raise CheckpointError(
             f"{path}: not a readable safetensors file ({err}); it may be truncated or corrupt"
         ) from None
-    except TypeError as err:  # numpy has no bfloat16, for one
-        raise CheckpointError(
-            f"{path}: holds a tensor whose dtype NumPy cannot represent ({err}); "
-            f"re-save the weights as float32 or float16"
-        ) from None
-    # once TensorFlow or JAX has imported ml_dtypes, safetensors hands out bfloat16 arrays
-    # instead of failing; refuse them the same way, so the outcome never depends on imports
-    odd = [f"{name}: {value.dtype}" for name, value in tensors.items() if value.dtype.kind == "V"]
-    if odd:
-        raise CheckpointError(
-            f"{path}: holds a tensor whose dtype NumPy cannot represent ({'; '.join(odd)}); "
-            f"re-save the weights as float32 or float16"
-        )
-    return tensors
 
 
 def read_pytorch_bin(path):
@@ -138,7 +142,7 @@ def read_pytorch_bin(path):
             f"it to model.safetensors elsewhere"
         ) from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = unpickled(path, torch)
     except Exception as err:  # torch reports bad files as RuntimeError, EOFError, pickle errors...
         detail = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
         raise CheckpointError(
@@ -147,11 +151,53 @@ def read_pytorch_bin(path):
         ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a dict of tensors")
-    return {
-        key: value.float().numpy() if value.dtype == torch.bfloat16 else value.numpy()
-        for key, value in state.items()
-        if isinstance(value, torch.Tensor)
-    }
+    tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    not_names = [repr(key) for key in tensors if not isinstance(key, str)]
+    if not_names:
+        raise CheckpointError(
+            f"{path}: tensors under keys that are not names: {listing(not_names, ', ')}"
+        )
+    # a pickle can make a tensor of 2**40 elements out of one stored number (stride 0), or
+    # show one storage under many names; whatever converting them would allocate is refused.
+    # Each tensor's numbers are in the file, only a tied lm_head.weight repeats wte: at most 2x.
+    claimed = sum(value.numel() * value.element_size() for value in tensors.values())
+    if claimed > 2 * Path(path).stat().st_size:
+        raise CheckpointError(
+            f"{path}: its tensors claim {claimed:,} bytes, more than twice the file's "
+            f"{Path(path).stat().st_size:,}; a weights file stores each tensor's numbers once"
+        )
+    return {key: tensor_to_numpy(value, key, path) for key, value in tensors.items()}
+
+
+def unpickled(path, torch):
+    """torch.load of `path`, weights only. A zip archive (what torch has saved since 1.6) is
+    opened in place: torch reads its pickle into memory. An older, bare pickle would be read
+    straight from the file, where a damaged string length (4 bytes) makes `read(n)` allocate
+    up to 4 GiB whatever the file's size; from a buffer of the file's bytes it gets what is
+    there."""
+    with open(path, "rb") as f:
+        zipped = f.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+    source = path if zipped else io.BytesIO(Path(path).read_bytes())
+    with warnings.catch_warnings():
+        # torch warns of what looks odd in a pickle (an unusual protocol, say): a file it
+        # cannot read is refused in one line, and one it can read needs no warning
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(source, map_location="cpu", weights_only=True)
+
+
+def tensor_to_numpy(tensor, key, path):
+    """A torch tensor's numbers as a NumPy array; bfloat16, which NumPy lacks, widened exactly."""
+    import torch
+
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    try:  # force: detached (a saved nn.Parameter requires grad), conjugate and negative resolved
+        return tensor.numpy(force=True)
+    except (TypeError, RuntimeError, NotImplementedError) as err:  # float8, sparse, meta, ...
+        raise CheckpointError(
+            f"{path}: tensor {key!r} cannot be read into NumPy ({err}); re-save the weights as "
+            f"dense float32 or float16 tensors"
+        ) from None
 
 
 def hf_tensors_to_params(tensors, source):

@@ -37,7 +37,7 @@ from npgpt.config import ConfigError, GPTConfig
 from npgpt.names import param_shapes
 from npgpt.weights import tf_bundle
 from npgpt.weights.atomic import atomic_write_text
-from npgpt.weights.check import CheckpointError, check_params, read_json_object
+from npgpt.weights.check import CheckpointError, check_params, check_size, read_json_object
 
 HPARAMS_FILE = "hparams.json"
 CHECKPOINT_FILE = "checkpoint"
@@ -94,7 +94,11 @@ def checkpoint_prefix(directory):
     directory = Path(directory)
     state = directory / CHECKPOINT_FILE
     if state.exists():
-        match = re.search(r'^model_checkpoint_path:\s*"(.+)"', state.read_text(), re.MULTILINE)
+        try:
+            text = state.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{state}: cannot be read as text ({err})") from None
+        match = re.search(r'^model_checkpoint_path:\s*"(.+)"', text, re.MULTILINE)
         if match:
             return directory / match.group(1)
     return directory / DEFAULT_PREFIX
@@ -163,7 +167,9 @@ def read_openai(directory, reader="auto"):
     prefix = checkpoint_prefix(directory)
     if not Path(f"{prefix}.index").exists():
         raise CheckpointError(f"{prefix}.index: missing; the checkpoint's index file is needed")
-    return config, openai_tensors_to_params(read_tensors(prefix, reader), config), prefix
+    tensors = read_tensors(prefix, reader)
+    check_size(config, directory / HPARAMS_FILE, tf_bundle.data_bytes(prefix), f"{prefix}.data-*")
+    return config, openai_tensors_to_params(tensors, config), prefix
 
 
 def save_openai(directory, config, params, writer="numpy"):

@@ -56,6 +56,9 @@ array([[0., 1., 2.],
        [3., 4., 5.]], dtype=float32)
 """
 
+import glob
+import itertools
+import math
 import struct
 from pathlib import Path
 
@@ -149,19 +152,36 @@ def proto_field(number, value):
     return encode_varint(number << 3) + encode_varint(value)
 
 
-def parse_entry(buf, name):
-    fields = parse_proto(buf, f"index entry {name!r}")
+def number(fields, field, default, where):
+    """A numeric field's value; a damaged message can carry bytes where a number belongs."""
+    value = fields.get(field, [default])[0]
+    if isinstance(value, bytes):
+        raise BundleError(f"{where}: protobuf field {field} holds bytes where a number belongs")
+    return value
+
+
+def messages(fields, field, where):
+    """A message field's values (each the bytes of a message), however many there are."""
+    values = fields.get(field, [])
+    if not all(isinstance(value, bytes) for value in values):
+        raise BundleError(f"{where}: protobuf field {field} holds a number where a message belongs")
+    return values
+
+
+def parse_entry(buf, name, index_path):
+    where = f"{index_path}: entry {name!r}"
+    fields = parse_proto(buf, where)
     if 7 in fields:
-        raise BundleError(f"tensor {name!r} is a partitioned (sliced) variable; not supported")
-    shape = parse_proto(fields.get(2, [b""])[0], f"shape of {name!r}")
-    dims = [parse_proto(dim, f"shape of {name!r}").get(1, [0])[0] for dim in shape.get(2, [])]
+        raise BundleError(f"{where} is a partitioned (sliced) variable; not supported")
+    shape = parse_proto(b"".join(messages(fields, 2, where)), f"{where}, shape")
+    dims = messages(shape, 2, f"{where}, shape")
     return {
-        "dtype": fields.get(1, [0])[0],
-        "shape": tuple(dims),
-        "shard_id": fields.get(3, [0])[0],
-        "offset": fields.get(4, [0])[0],
-        "size": fields.get(5, [0])[0],
-        "crc32c": fields.get(6, [None])[0],
+        "dtype": number(fields, 1, 0, where),
+        "shape": tuple(number(parse_proto(dim, where), 1, 0, where) for dim in dims),
+        "shard_id": number(fields, 3, 0, where),
+        "offset": number(fields, 4, 0, where),
+        "size": number(fields, 5, 0, where),
+        "crc32c": number(fields, 6, None, where),
     }
 
 
@@ -206,7 +226,7 @@ def block_entries(block, where):
     entries_end = len(block) - 4 - 4 * n_restarts
     if entries_end < 0:
         raise BundleError(f"{where}: block's restart array is larger than the block")
-    entries, key, pos = [], b"", 0
+    entries, key, pos, key_bytes = [], b"", 0, 0
     while pos < entries_end:
         shared, pos = read_varint(block, pos, where)
         non_shared, pos = read_varint(block, pos, where)
@@ -217,6 +237,12 @@ def block_entries(block, where):
         pos += non_shared
         entries.append((key, bytes(block[pos : pos + value_len])))
         pos += value_len
+        # Prefix compression lets n entries of a few bytes spell n keys as long as the block,
+        # n^2 bytes in all. A writer stores a whole key every RESTART_INTERVAL entries, which
+        # bounds a block's keys to RESTART_INTERVAL times its size; more is corruption.
+        key_bytes += len(key)
+        if key_bytes > RESTART_INTERVAL * len(block):
+            raise BundleError(f"{where}: a block's keys add up to more than it can encode")
     return entries
 
 
@@ -233,11 +259,14 @@ def read_table(path):
     _, pos = read_varint(footer, pos, where)
     index_offset, pos = read_varint(footer, pos, where)
     index_size, _ = read_varint(footer, pos, where)
-    table = {}
+    table, free = {}, 0
     index = read_block(data, index_offset, index_size, where)
     for _, handle in block_entries(index, where):
         offset, pos = read_varint(handle, 0, where)
         size, _ = read_varint(handle, pos, where)
+        if offset < free:  # one block listed many times would be read many times over
+            raise BundleError(f"{where}: the index lists data blocks out of order or overlapping")
+        free = offset + size + BLOCK_TRAILER_BYTES
         table |= dict(block_entries(read_block(data, offset, size, where), where))
     return table
 
@@ -280,6 +309,13 @@ def data_path(prefix, shard, num_shards):
     return Path(f"{prefix}.data-{shard:05d}-of-{num_shards:05d}")
 
 
+def data_bytes(prefix):
+    """The size of the checkpoint's data shards, all together."""
+    prefix = Path(prefix)
+    shards = prefix.parent.glob(glob.escape(prefix.name) + ".data-*")
+    return sum(shard.stat().st_size for shard in shards if shard.is_file())
+
+
 def read_index(prefix):
     """(num_shards, {name: entry}) from PREFIX.index."""
     index_path = Path(f"{prefix}.index")
@@ -288,17 +324,33 @@ def read_index(prefix):
     table = read_table(index_path)
     if HEADER_KEY not in table:
         raise BundleError(f"{index_path}: no bundle header (key '') in the index")
-    header = parse_proto(table.pop(HEADER_KEY), f"{index_path} header")
-    if header.get(2, [0])[0] != 0:
+    where = f"{index_path} header"
+    header = parse_proto(table.pop(HEADER_KEY), where)
+    if number(header, 2, 0, where) != 0:
         raise BundleError(f"{index_path}: big-endian checkpoints are not supported")
-    num_shards = header.get(1, [1])[0]
-    entries = {key.decode(): parse_entry(value, key.decode()) for key, value in table.items()}
-    return num_shards, entries
+    num_shards = number(header, 1, 1, where)
+    try:
+        names = {key.decode(): value for key, value in table.items()}
+    except UnicodeDecodeError as err:
+        raise BundleError(f"{index_path}: a tensor name is not UTF-8 text ({err})") from None
+    return num_shards, {name: parse_entry(value, name, index_path) for name, value in names.items()}
 
 
 def list_tensors(prefix):
     """{name: shape} of every tensor in the checkpoint, like `tf.train.list_variables`."""
     return {name: entry["shape"] for name, entry in read_index(prefix)[1].items()}
+
+
+def check_disjoint(prefix, entries):
+    """Tensors lie side by side in their shards: were two to overlap, one stored byte could be
+    read (and copied) once for every entry of a crafted index."""
+    spans = sorted((entry["shard_id"], entry["offset"], entry["size"]) for entry in entries)
+    for (shard, start, size), (next_shard, next_start, _) in itertools.pairwise(spans):
+        if shard == next_shard and next_start < start + size:
+            raise BundleError(
+                f"{prefix}.index: two tensors overlap at byte {next_start} of shard {shard}: "
+                f"the index is corrupt"
+            )
 
 
 def read_bundle(prefix, names=None, verify=True):
@@ -308,6 +360,7 @@ def read_bundle(prefix, names=None, verify=True):
     unknown = [name for name in names if name not in entries]
     if unknown:
         raise BundleError(f"{prefix}.index has no tensors named {unknown}")
+    check_disjoint(prefix, [entries[name] for name in names])
     shards = {}
     tensors = {}
     for name in names:
@@ -325,7 +378,7 @@ def read_bundle(prefix, names=None, verify=True):
             )
         data = shards[shard]
         start, size = entry["offset"], entry["size"]
-        expected = int(np.prod(entry["shape"], dtype=np.int64)) * dtype.itemsize
+        expected = math.prod(entry["shape"]) * dtype.itemsize  # exact: no int64 to overflow
         if size != expected:
             raise BundleError(f"{prefix}: {name!r} has {size} bytes, its shape needs {expected}")
         if start + size > len(data):

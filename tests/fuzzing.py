@@ -103,6 +103,19 @@ def rewrite(path, data):
         path.write_bytes(data)
 
 
+class damaged:
+    """Within the block: `path` holds `data` (or is absent, for None); afterwards its own bytes."""
+
+    def __init__(self, path, data):
+        self.path, self.data, self.original = path, data, path.read_bytes()
+
+    def __enter__(self):
+        rewrite(self.path, self.data)
+
+    def __exit__(self, *exc):
+        rewrite(self.path, self.original)
+
+
 @st.composite
 def damaged_bytes(draw, data):
     """`data` truncated at any byte, with bits flipped, bytes overwritten, or bytes spliced in."""

@@ -13,11 +13,11 @@ from pydoc_data.topics import topics
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from gpt2_ids import joined_ids
 
 import cli
 from npgpt.config import GPTConfig
 from npgpt.model import forward, init_params
-from npgpt.tokenizer import EOT_ID, get_tokenizer
 from npgpt.training import dataset, metrics, shards, windows
 from npgpt.training.backend import NumpyBackend
 from npgpt.training.loop import train
@@ -56,20 +56,12 @@ def texts(tmp_path_factory):
     return root, documents
 
 
-def expected_ids(documents):
-    tok = get_tokenizer()
-    ids = []
-    for i, document in enumerate(documents):
-        ids += ([EOT_ID] if i else []) + tok.encode_ordinary(document)
-    return ids
-
-
 def test_prepare_writes_each_documents_ids_joined_by_endoftext(texts):
     root, documents = texts
     out = root / "prepared"
     manifest = json.loads((out / "manifest.json").read_text())
     ids = np.concatenate([np.fromfile(out / e["file"], dtype="<u2") for e in manifest["shards"]])
-    assert ids.tolist() == expected_ids(documents)
+    assert ids.tolist() == joined_ids(documents)
     assert len(manifest["shards"]) == -(-len(ids) // 1000) > 2
     assert [Path(s["path"]).name for s in manifest["sources"]] == [f"doc{i}.txt" for i in range(4)]
     assert manifest["split"]["val_tokens"] == round(len(ids) * 0.1)
@@ -89,7 +81,7 @@ def test_prepare_json_lines_with_a_text_field(tmp_path):
     assert result.exit_code == 0, result.output
     ids = np.fromfile(tmp_path / "out" / "shard-00000.bin", dtype="<u2")
     documents = [line["body"] for line in lines] + ["And a text file."]
-    assert ids.tolist() == expected_ids(documents)
+    assert ids.tolist() == joined_ids(documents)
     assert "(3 documents from 2 files)" in result.stdout
 
 
@@ -252,8 +244,8 @@ def test_opening_hashes_only_shards_changed_since_the_last_check(texts, tmp_path
     for path in (texts[0] / "prepared").iterdir():
         (out / path.name).write_bytes(path.read_bytes())
     hashed = []
-    file_sha256 = shards.file_sha256
-    monkeypatch.setattr(shards, "file_sha256", lambda p: hashed.append(p.name) or file_sha256(p))
+    sha256_of = shards.sha256_of
+    monkeypatch.setattr(shards, "sha256_of", lambda p: hashed.append(p.name) or sha256_of(p))
     count = len(json.loads((out / "manifest.json").read_text())["shards"])
     shards.open_prepared(out)  # copied: new inodes, so every shard is hashed
     assert len(hashed) == count and (out / "verified.json").is_file()

@@ -27,6 +27,7 @@ from click.testing import CliRunner
 from fuzzing import (
     assert_names,
     attempt,
+    damaged,
     damaged_bytes,
     damaged_safetensors_header,
     fuzz_settings,
@@ -52,6 +53,7 @@ from npgpt.training.prepare import prepare
 from npgpt.training.run_directory import OPTIMIZER_FILE, STATE_FILE, RunState
 from npgpt.training.settings import TrainError, resolve_settings
 from npgpt.training.windows import Position
+from npgpt.weights import digest
 
 CFG = GPTConfig(vocab_size=11, context_length=4, emb_dim=8, n_heads=2, n_layers=1)
 NUM_WINDOWS = 8  # the training windows the resumed run has; the saved position lies inside
@@ -112,19 +114,6 @@ def resume_damaged(out, path):
         saved["tokens"],
         saved["position"],
     )
-
-
-class damaged:
-    """Within the block: `path` holds `data`; afterwards its own bytes again."""
-
-    def __init__(self, path, data):
-        self.path, self.data, self.original = path, data, path.read_bytes()
-
-    def __enter__(self):
-        rewrite(self.path, self.data)
-
-    def __exit__(self, *exc):
-        rewrite(self.path, self.original)
 
 
 # --- trainer_state.json ----------------------------------------------------------------------
@@ -374,9 +363,9 @@ def test_prepared_corpus_damaged(prepared_corpus, data):
     described = [path] if path.suffix == ".bin" else [path, *directory.glob("shard-*.bin")]
     with damaged(path, damage):
         read = lambda: shards.open_prepared(directory)  # noqa: E731
-        # the sha256 check reads a shard HASH_BLOCK bytes at a time, into one buffer
+        # the sha256 check reads a shard BLOCK_BYTES at a time, into one buffer
         opened, error = attempt(
-            read, DataError, prepared_bytes(directory), buffer=shards.HASH_BLOCK
+            read, DataError, prepared_bytes(directory), buffer=digest.BLOCK_BYTES
         )
         if error is not None:
             assert_names(error, *described)

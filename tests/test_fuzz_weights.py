@@ -30,12 +30,12 @@ from fuzzing import (
     OBJECTS_FACTOR,
     assert_names,
     attempt,
+    damaged,
     damaged_bytes,
     damaged_safetensors_header,
     fuzz_settings,
     json_text,
     mutated_json,
-    rewrite,
     safetensors_file,
     safetensors_parts,
     tried,
@@ -93,19 +93,6 @@ def pristine(tmp_path_factory):
         npgpt.load(directory, dtype=None, tf_reader="numpy")
     npgpt.load(dirs["openai"])  # TensorFlow's reader, if installed: what the CLI uses
     return Pristine(params, dirs)
-
-
-class damaged:
-    """Within the block: `path` holds `data` (or is absent, for None); afterwards its own bytes."""
-
-    def __init__(self, path, data):
-        self.path, self.data, self.original = path, data, path.read_bytes()
-
-    def __enter__(self):
-        rewrite(self.path, self.data)
-
-    def __exit__(self, *exc):
-        rewrite(self.path, self.original)
 
 
 def checkpoint_bytes(directory):

@@ -12,8 +12,8 @@ from pydoc_data.topics import topics
 
 import numpy as np
 import pytest
+from gpt2_ids import joined_ids
 
-from npgpt.tokenizer import EOT_ID, get_tokenizer
 from npgpt.training import corpus, prepare, windows
 from npgpt.training.corpus import DataError
 from npgpt.training.shards import VERIFIED_FILE, open_prepared
@@ -34,14 +34,6 @@ def write_corpus(folder):
     for name, text in documents.items():
         (folder / name).write_bytes(text.encode("utf-8"))
     return list(documents.values())
-
-
-def joined_ids(documents):
-    tok = get_tokenizer()
-    ids = []
-    for i, doc in enumerate(documents):
-        ids += ([EOT_ID] if i else []) + tok.encode_ordinary(doc)
-    return ids
 
 
 def all_ids(out_dir):

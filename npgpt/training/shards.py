@@ -50,13 +50,13 @@ from npgpt.config import is_count, is_number
 from npgpt.tokenizer import EOT_ID, EXPECTED_SHA256
 from npgpt.training.corpus import DataError
 from npgpt.weights.atomic import atomic_write_text
+from npgpt.weights.digest import sha256_of
 
 MANIFEST_FILE = "manifest.json"
 VERIFIED_FILE = "verified.json"
 FORMAT = "npgpt-token-shards"
 FORMAT_VERSION = 1
 TOKEN_DTYPE = np.dtype("<u2")  # GPT-2's 50257 ids fit in 16 bits; little-endian on every host
-HASH_BLOCK = 1 << 20
 
 
 def shard_name(index):
@@ -68,14 +68,6 @@ def tokenizer_identity():
     return {"name": "gpt2", "eot_id": EOT_ID, "bpe_sha256": dict(EXPECTED_SHA256)}
 
 
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def shard_problem(directory, entry, verify):
     """Why the shard of manifest entry `entry` is not the one prepare wrote, or None."""
     path = Path(directory) / entry["file"]
@@ -84,7 +76,7 @@ def shard_problem(directory, entry, verify):
     size, expected = path.stat().st_size, entry["tokens"] * TOKEN_DTYPE.itemsize
     if size != expected:
         return f"{path} has {size} bytes, but the manifest lists {expected}"
-    if verify and file_sha256(path) != entry["sha256"]:
+    if verify and sha256_of(path) != entry["sha256"]:
         return f"{path} has changed since it was written (its sha256 is not the manifest's)"
     return None
 

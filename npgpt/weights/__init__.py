@@ -8,4 +8,5 @@ teach the model; `npgpt.load` and `npgpt.save` (checkpoint.py) are this package'
     tf_bundle.py   TensorFlow's tensor-bundle files in NumPy; crc32c.py, their checksum
     atomic.py      writes a crash cannot half-do, for every file npgpt writes
     download.py    the released weights, fetched resumably and hash-checked
+    digest.py      a file's sha256, a block at a time
 """

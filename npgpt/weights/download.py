@@ -28,7 +28,6 @@ Large files over flaky links need four things, each handled here with the standa
 'http://127.0.0.1:8000/gpt2-xl/resolve/main/config.json'
 """
 
-import hashlib
 import http.client
 import json
 import os
@@ -42,6 +41,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from npgpt.weights.atomic import atomic_write_text
+from npgpt.weights.digest import sha256_of
 
 MODELS = {"gpt2": "124M", "gpt2-medium": "355M", "gpt2-large": "774M", "gpt2-xl": "1558M"}
 SOURCES = {
@@ -85,14 +85,6 @@ def file_urls(model, source="openai", base_url=None):
     if source == "openai":
         return {name: f"{base}/{MODELS[model]}/{name}" for name in OPENAI_FILES}
     return {name: f"{base}/{model}/resolve/main/{name}" for name in HF_FILES}
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_manifest(directory):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from gpt2_ids import joined_ids
+from trainrun import torchrun_cli
 
 import cli
 from npgpt.config import GPTConfig
@@ -195,14 +196,8 @@ def test_ddp_processes_map_the_prepared_shards_and_reproduce_one_process(texts, 
     train(resolve_settings(one), TorchBackend, progress=False)
     ddp = tiny(tmp_path / "ddp", [str(root / "prepared")], **torch_cpu)
     (tmp_path / "ddp.json").write_text(json.dumps(ddp | {"cache_dir": str(tmp_path / "none")}))
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "cli.py", "train", "--config", str(tmp_path / "ddp.json"), "--no-progress"],
-        cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "2 processes (DDP)" in done.stderr and not (tmp_path / "none").exists()
+    torchrun_cli("train", "--config", tmp_path / "ddp.json", "--no-progress", timeout=120)
+    assert not (tmp_path / "none").exists()
     by_ddp = metrics.read(tmp_path / "ddp" / "metrics.jsonl")
     by_one = metrics.read(tmp_path / "one" / "metrics.jsonl")
     assert [r["step"] for r in by_ddp] == [r["step"] for r in by_one] == [0, 1, 2]

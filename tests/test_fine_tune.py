@@ -7,10 +7,7 @@ the fine-tuning defaults apply unless a flag overrides them; the run resumes bit
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,13 @@ import pytest
 from click.testing import CliRunner
 from hf_files import hf_tensors
 from safetensors.numpy import save_file
-from trainrun import ONE_THREAD, assert_same_run, checkpoint_files, deterministic, kill_inside_step
+from trainrun import (
+    assert_same_run,
+    checkpoint_files,
+    deterministic,
+    kill_inside_step,
+    torchrun_cli,
+)
 
 import cli
 from frontend import load_model
@@ -287,18 +290,7 @@ def test_two_processes_fine_tune_as_one(start, texts, tmp_path):
     """torchrun: 2 gloo processes each load the start checkpoint and take half of every batch;
     without dropout their losses and weights are the 1-process run's, up to rounding."""
     more = ("--backend", "torch", "--device", "cpu", "--drop-rate", 0, "--max-steps", 4)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    args = fine_tune_args(start[0], texts[0], tmp_path / "ddp", *more)
-    done = subprocess.run(
-        [str(c) for c in [*torchrun, "2", "cli.py", *args]],
-        cwd=ROOT,
-        env=os.environ | ONE_THREAD,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "2 processes (DDP)" in done.stderr
+    torchrun_cli(*fine_tune_args(start[0], texts[0], tmp_path / "ddp", *more))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

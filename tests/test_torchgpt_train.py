@@ -8,16 +8,20 @@ so losses and weights differ by rounding, ~1e-15 relative per operation; after a
 learning rate, decay group, clipping or moment is >= 1e-4). Kill-and-resume is compared exactly."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from trainrun import assert_same_run, checkpoint_files, deterministic, kill_inside_step
+from trainrun import (
+    ONE_THREAD,
+    assert_same_run,
+    checkpoint_files,
+    deterministic,
+    kill_inside_step,
+    torchrun_cli,
+)
 
 import cli
 from npgpt import optim
@@ -34,7 +38,6 @@ from torchgpt.training import AMP_DTYPES, TorchBackend
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 TOL = 1e-9
 
 
@@ -144,19 +147,9 @@ def test_two_processes_reproduce_one(runs, corpus, tmp_path):
     rate is constant after warm-up, so stopping at step 2 changes no step's rate.)"""
     config = tmp_path / "ddp.json"
     config.write_text(json.dumps(tiny_settings(corpus, tmp_path / "ddp", max_steps=2).to_dict()))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    torchrun += ["2", "cli.py", "train", "--device", "cpu", "--no-progress"]
+    train_ddp = ["train", "--device", "cpu", "--no-progress"]
     for more in (["--config", config], ["--resume", tmp_path / "ddp", "--max-steps", 4]):
-        done = subprocess.run(
-            [str(c) for c in torchrun + more],
-            cwd=ROOT,
-            env=os.environ | ONE_THREAD,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert "2 processes (DDP)" in done.stderr
+        torchrun_cli(*train_ddp, *more, timeout=120)
     ddp_log = deterministic(metrics.read(tmp_path / "ddp/metrics.jsonl"))
     one_log = deterministic(metrics.read(runs / "torch/metrics.jsonl"))
     assert [r["step"] for r in ddp_log] == [0, 1, 2, 3, 4]  # one writer, not two

@@ -275,6 +275,23 @@ def cli_run(*args):
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def torchrun_cli(*args, timeout=180):
+    """`python cli.py ARGS` under torchrun, 2 gloo processes on one thread each (ONE_THREAD);
+    it must succeed, and as 2 DDP processes. Returns the finished process."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    done = subprocess.run(
+        [str(a) for a in [*torchrun, "2", "cli.py", *args]],
+        cwd=ROOT,
+        env=os.environ | ONE_THREAD,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 processes (DDP)" in done.stderr
+    return done
+
+
 def train_on_one_thread(settings, resume=None):
     """A torch run in this process, on one thread as in the tests' subprocesses (ONE_THREAD)."""
     import torch

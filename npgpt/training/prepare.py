@@ -48,7 +48,8 @@ manifest, however many workers encode them and however often the run was stopped
 
 Speed and memory. The main thread reads the sources in pieces of about a MiB
 (`npgpt.training.sources`: a document is cut only where the ids cannot change) and writes the
-shards; `workers` threads (one per core by default) encode batches of pieces. tiktoken releases
+shards; `workers` threads (by default one per core this process may use: its affinity, capped
+by a cgroup quota, `npgpt.threads.available_cores`) encode batches of pieces. tiktoken releases
 the GIL while it encodes and `encode_to_numpy` hands back an array, not a list of Python ints,
 so the threads hardly wait for each other. `bench/bench_prepare.py` also runs this pipeline on
 processes: on 2 idle cores about a fifth faster, but every process holds its own copy of the
@@ -81,6 +82,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+from npgpt.threads import available_cores
 from npgpt.tokenizer import EOT_ID, get_tokenizer
 from npgpt.training.corpus import DataError, expand
 from npgpt.training.shards import (
@@ -176,10 +178,6 @@ def describe(manifest, out_dir):
 
 def plural(count, noun):
     return f"{count:,} {noun}{'s' * (count != 1)}"
-
-
-def available_cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def check_out_dir(out_dir, paths):
